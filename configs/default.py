@@ -1,0 +1,69 @@
+"""Shared defaults for every training config; the other configs start from `get_config()`.
+
+Not meant to be run on its own (it names no experiment); every field is documented here once.
+The values below are the CIFAR-10 / ResNet-20 recipe (see `cifar10_r20.py` for the run):
+
+    python main.py --config=configs/cifar10_r20.py --workdir=workdirs/cifar10_r20
+
+Command-line overrides work for every field, e.g. `--config.sparsity=0.95 --config.signin.enabled=False`.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Model and data. `width` scales the model's channels/units (None: the model's own default).
+  config.model = "resnet20"
+  config.width = config_dict.placeholder(int)
+  config.dataset = "cifar10"
+  config.data_dir = config_dict.placeholder(str)  # None: TFDS's default (~/tensorflow_datasets).
+
+  # Length. num_train_steps = -1 derives it as num_epochs * steps_per_epoch.
+  config.num_epochs = 160
+  config.num_train_steps = -1
+  config.batch_size = 128  # Global: split over all devices of all processes.
+
+  # Optimizer: weight decay (on conv/dense kernels, or on both Sign-In factors of them), then SGD.
+  config.learning_rate = 0.1  # Peak learning rate, reached after the warmup; no batch scaling.
+  config.lr_schedule = "cosine"  # 'cosine' (to 0 at the end) or 'step'.
+  config.lr_step_epochs = (80, 120)  # 'step' only: multiply by lr_step_factor at these epochs.
+  config.lr_step_factor = 0.1
+  config.warmup_epochs = 0.0  # Linear warmup from 0 to learning_rate.
+  config.momentum = 0.9
+  config.nesterov = True
+  config.weight_decay = 1e-4
+  config.label_smoothing = 0.0
+
+  config.seed = 0
+
+  # Sparsity. 0.0 trains the dense baseline through the same code path.
+  config.sparsity = 0.9
+  config.mask = ml_collections.ConfigDict()
+  config.mask.method = "random"  # How entries are chosen within a layer.
+  config.mask.distribution = "erk"  # How the density budget is split across layers.
+  config.mask.scope = "layer"
+  config.mask.dense_layers = ()  # Regexes of parameter paths kept dense.
+  config.mask.sparsity_aware_init = False  # Rescale the init to the kept fan-in.
+
+  # Sign-In (theta = m * w, re-split every reset_every_epochs epochs with m**2 - w**2 = beta).
+  config.signin = ml_collections.ConfigDict()
+  config.signin.enabled = True
+  config.signin.beta = 1.0
+  config.signin.reset_every_epochs = 5  # 0: never re-split.
+  config.signin.inner_state_at_reset = "keep"  # 'keep' or 'reinit' the factors' momentum.
+
+  # Devices. parallelism: 'jit' (Mesh + NamedSharding) or 'pmap'. dtype: compute dtype
+  # ('float32' or 'bfloat16'); parameters and optimizer state are always float32.
+  config.parallelism = "jit"
+  config.dtype = "float32"
+  config.distributed = False  # Call jax.distributed.initialize() (multi-host runs).
+
+  # Bookkeeping.
+  config.eval_every_epochs = 1
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  return config

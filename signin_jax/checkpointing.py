@@ -1,0 +1,196 @@
+"""Checkpoints: an orbax CheckpointManager plus integrity checks and fallback to the last good step.
+
+A checkpoint ``<directory>/<step>/`` holds three items:
+
+* ``state``: the training state (params, BatchNorm statistics, optimizer state with the Sign-In
+  factors, step, RNG), as global arrays replicated over all devices;
+* ``extras``: host-side tensors the run needs to continue identically (masks, sign references);
+* ``meta``: JSON: the step, the data position (batches consumed), elapsed time, a fingerprint
+  of the trees' structure, and a checksum of every array.
+
+Saving is collective (every process calls :func:`save`; orbax coordinates who writes what) and
+atomic: orbax writes into a temporary directory and renames it when complete, so a process
+killed mid-save leaves no half checkpoint under a step name. On restore, every array is
+checksummed again and compared with ``meta``; a checkpoint that cannot be read or does not
+match is *corrupt*: it is moved aside to ``quarantine_dir`` (never deleted) and the previous
+step is tried. Only keep-N retention (``keep``) ever deletes a written checkpoint.
+
+The checksum of an array is ``sum_i bits(x_i) * (2 i + 1) mod 2**32`` over its elements' bit
+patterns (as uint32). Integer sums are exact in any reduction order, so it is deterministic on
+every backend, and because every weight ``2 i + 1`` is odd (invertible mod ``2**32``), changing
+any single element always changes the checksum.
+"""
+
+import hashlib
+import os
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+ITEMS = ("state", "extras", "meta")
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be read back as written."""
+
+
+class Restored(NamedTuple):
+  step: int
+  state: Any
+  extras: Any
+  meta: Dict[str, Any]
+
+
+def create_manager(directory: str, *, keep: int) -> ocp.CheckpointManager:
+  """An orbax CheckpointManager over ``directory`` keeping the ``keep`` latest steps.
+
+  Temporary directories of saves that never completed are reported, then removed by orbax.
+  """
+  directory = os.path.abspath(directory)
+  if jax.process_index() == 0 and os.path.isdir(directory):
+    for name in sorted(os.listdir(directory)):
+      if ".orbax-checkpoint-tmp" in name:
+        logging.warning("Ignoring incomplete checkpoint %s (a save was interrupted).",
+                        os.path.join(directory, name))
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+      create=True,
+      cleanup_tmp_directories=True,
+      enable_async_checkpointing=True,
+  )
+  return ocp.CheckpointManager(directory, item_names=ITEMS, options=options)
+
+
+def _as_uint32(x: jax.Array) -> jax.Array:
+  """The elements' bit patterns widened to uint32 (one or more words per element)."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  itemsize = x.dtype.itemsize
+  if itemsize == 4:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  if itemsize in (1, 2):
+    unsigned = {1: jnp.uint8, 2: jnp.uint16}[itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+  return jax.lax.bitcast_convert_type(x, jnp.uint32)  # 8 bytes -> trailing axis of 2 words.
+
+
+def _checksum(x: jax.Array) -> jax.Array:
+  bits = _as_uint32(jnp.asarray(x)).reshape(-1)
+  weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+  return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+
+_checksums = jax.jit(lambda leaves: [_checksum(x) for x in leaves])
+
+
+def tree_checksums(tree) -> List[int]:
+  """Checksums (see module docstring) of every leaf of ``tree``, in flattening order."""
+  leaves = jax.tree.leaves(tree)
+  return [int(c) for c in jax.device_get(_checksums(leaves))] if leaves else []
+
+
+def structure_fingerprint(tree) -> str:
+  """A hash of the tree structure and every leaf's shape and dtype (not of the values)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  text = str(treedef) + "".join(f"|{np.shape(x)}:{jnp.result_type(x)}" for x in leaves)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save(manager: ocp.CheckpointManager, step: int, *, state, extras, meta: Dict[str, Any]):
+  """Saves one checkpoint (asynchronously; call ``manager.wait_until_finished()`` to block).
+
+  Every process must call this with identical (replicated) ``state`` and ``extras``.
+  """
+  meta = dict(meta, step=int(step),
+              fingerprint={"state": structure_fingerprint(state),
+                           "extras": structure_fingerprint(extras)},
+              checksums={"state": tree_checksums(state), "extras": tree_checksums(extras)})
+  manager.save(step, force=True, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      extras=ocp.args.StandardSave(extras),
+      meta=ocp.args.JsonSave(meta)))
+
+
+def _restore_verified(manager, step, state_target, extras_target) -> Restored:
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  except Exception as e:  # Any failure to read the metadata makes the checkpoint unusable.
+    raise CorruptCheckpointError(f"metadata unreadable: {e!r}") from e
+  if not isinstance(meta, dict) or "checksums" not in meta or "fingerprint" not in meta:
+    raise CorruptCheckpointError(f"metadata incomplete: {meta!r}")
+  expected = {"state": structure_fingerprint(state_target),
+              "extras": structure_fingerprint(extras_target)}
+  if meta["fingerprint"] != expected:
+    raise ValueError(
+        f"The checkpoint at step {step} in {manager.directory} was written by a run with a "
+        "different model/optimizer/mask structure than the current config. Use a new workdir "
+        "(or restore the original config) instead of resuming into this one.")
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state_target),
+        extras=ocp.args.StandardRestore(extras_target)))
+  except Exception as e:  # Missing or truncated files; tensorstore decode errors.
+    raise CorruptCheckpointError(f"arrays unreadable: {e!r}") from e
+  for item in ("state", "extras"):
+    if tree_checksums(restored[item]) != meta["checksums"][item]:
+      raise CorruptCheckpointError(f"checksum mismatch in '{item}'")
+  return Restored(step=step, state=restored["state"], extras=restored["extras"], meta=meta)
+
+
+def _shorten(text: str, limit: int = 400) -> str:
+  return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+
+
+def quarantine(manager: ocp.CheckpointManager, step: int, quarantine_dir: str) -> str:
+  """Moves checkpoint ``step`` out of the manager's directory (process 0), keeping its files."""
+  target = os.path.join(quarantine_dir, f"{step}.{int(time.time())}")
+  if jax.process_index() == 0:
+    os.makedirs(quarantine_dir, exist_ok=True)
+    os.rename(os.path.join(str(manager.directory), str(step)), target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"quarantine_checkpoint_{step}")
+  manager.reload()
+  return target
+
+
+def restore_latest_good(manager: ocp.CheckpointManager, *, state_target, extras_target,
+                        quarantine_dir: str,
+                        log: Callable[[str], None] = logging.warning) -> Optional[Restored]:
+  """Restores the newest checkpoint that reads back intact; None when there is none.
+
+  Corrupt checkpoints (newest first) are moved to ``quarantine_dir`` with a message through
+  ``log``; a checkpoint of a different model/optimizer structure raises ValueError instead (that
+  is a config mistake, not corruption, and nothing is moved).
+
+  Args:
+    manager: from :func:`create_manager`.
+    state_target: a tree like the saved state whose arrays carry the wanted shardings.
+    extras_target: likewise for the extras.
+    quarantine_dir: where corrupt checkpoints go.
+    log: receives one message per corrupt checkpoint.
+  """
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored, problem = _restore_verified(manager, step, state_target, extras_target), None
+    except CorruptCheckpointError as e:
+      restored, problem = None, _shorten(str(e))
+    if not _any_process(problem is not None):
+      return restored
+    moved_to = quarantine(manager, step, quarantine_dir)
+    log(f"Checkpoint at step {step} is corrupt ({problem or 'on another process'}); moved it "
+        f"to {moved_to} and falling back to the previous checkpoint.")
+  return None

@@ -1,0 +1,186 @@
+"""Metric writers and the per-layer sparse-training statistics the trainer logs.
+
+Everything here works on host numpy copies of the parameters (one replica), keyed by layer name
+(the parameter's path, e.g. ``'Conv_0/kernel'``). Definitions:
+
+* sign flips of a layer between a reference and now: the fraction of its unmasked weights whose
+  sign ``sign(x) in {-1, 0, +1}`` differs from the reference sign. A weight that reaches exactly
+  0 from either side counts as a flip; masked weights (always 0) never do.
+* measured sparsity of a layer: the fraction of its entries that are exactly 0 in the given
+  weights (measured on the weights, not read off the mask).
+* mean beta of a Sign-In layer: the mean of ``m**2 - w**2`` over its unmasked entries.
+
+Totals (``'total'``) weight every layer by its number of counted entries.
+"""
+
+import json
+import os
+import time
+from typing import Any, Dict, Mapping, Optional
+
+from clu import metric_writers
+import jax
+import numpy as np
+import optax
+
+TOTAL = "total"
+
+
+def layer_name(path) -> str:
+  """'Conv_0/kernel' for the key path of ``params['Conv_0']['kernel']``."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def by_layer(tree) -> Dict[str, Any]:
+  """Flattens a pytree into ``{layer_name: leaf}``, dropping ``None`` and ``optax.MaskedNode``."""
+  is_leaf = lambda x: x is None or isinstance(x, optax.MaskedNode)
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+  return {layer_name(path): leaf for path, leaf in flat
+          if leaf is not None and not isinstance(leaf, optax.MaskedNode)}
+
+
+def signs(weights: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """``{name: sign(w)}`` as int8, the compact reference kept for later sign-flip counts."""
+  return {name: np.sign(np.asarray(w)).astype(np.int8) for name, w in weights.items()}
+
+
+def _with_total(counted: Mapping[str, int], hits: Mapping[str, float]) -> Dict[str, float]:
+  out = {name: hits[name] / counted[name] if counted[name] else 0.0 for name in counted}
+  total = sum(counted.values())
+  out[TOTAL] = sum(hits.values()) / total if total else 0.0
+  return out
+
+
+def sign_flip_fractions(weights: Mapping[str, np.ndarray], reference_signs: Mapping[str, np.ndarray],
+                        masks: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, float]:
+  """Per layer (and ``'total'``): fraction of unmasked weights whose sign differs from the reference.
+
+  Args:
+    weights: ``{name: weights}`` now.
+    reference_signs: ``{name: int8 signs}`` (see :func:`signs`) for the same names.
+    masks: ``{name: bool}`` (True = kept); layers without an entry count every weight.
+  """
+  masks = masks or {}
+  counted, flipped = {}, {}
+  for name, ref in reference_signs.items():
+    keep = np.asarray(masks[name], bool) if name in masks else np.ones(ref.shape, bool)
+    differs = np.sign(np.asarray(weights[name])).astype(np.int8) != ref
+    counted[name] = int(keep.sum())
+    flipped[name] = int(np.logical_and(differs, keep).sum())
+  return _with_total(counted, flipped)
+
+
+def mean_betas(betas: Mapping[str, np.ndarray],
+               masks: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, float]:
+  """Per layer (and ``'total'``): mean of ``m**2 - w**2`` over unmasked entries."""
+  masks = masks or {}
+  counted, sums = {}, {}
+  for name, beta in betas.items():
+    beta = np.asarray(beta, np.float64)
+    keep = np.asarray(masks[name], bool) if name in masks else np.ones(beta.shape, bool)
+    counted[name] = int(keep.sum())
+    sums[name] = float(beta[keep].sum())
+  return _with_total(counted, sums)
+
+
+def measured_sparsity(weights: Mapping[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
+  """Per layer and ``'total'``: ``{'size', 'nonzero', 'sparsity'}`` measured on the weights."""
+  rows = {}
+  for name, w in weights.items():
+    w = np.asarray(w)
+    rows[name] = {"size": int(w.size), "nonzero": int(np.count_nonzero(w))}
+  size = sum(r["size"] for r in rows.values())
+  rows[TOTAL] = {"size": size, "nonzero": sum(r["nonzero"] for r in rows.values())}
+  for r in rows.values():
+    r["sparsity"] = 1.0 - r["nonzero"] / r["size"] if r["size"] else 0.0
+  return rows
+
+
+def prefixed(prefix: str, values: Mapping[str, float]) -> Dict[str, float]:
+  """``{'prefix/name': value}``, the layout of per-layer scalars in TensorBoard."""
+  return {f"{prefix}/{name}": value for name, value in values.items()}
+
+
+class JsonLinesWriter(metric_writers.MetricWriter):
+  """Appends one JSON object per write to a file: ``{"step": s, "time": t, <name>: value, ...}``.
+
+  Scalars, texts and hyperparameters are recorded; array-valued summaries (images, videos,
+  audio, histograms) are left to TensorBoard and not written here.
+  """
+
+  def __init__(self, path: str):
+    self._path = path
+    self._file = open(path, "a", encoding="utf-8")
+
+  def _write(self, record: Dict[str, Any]):
+    self._file.write(json.dumps(record, sort_keys=True) + "\n")
+
+  def write_summaries(self, step, values, metadata=None):
+    self.write_scalars(step, {k: v for k, v in values.items() if np.ndim(v) == 0})
+
+  def write_scalars(self, step, scalars):
+    record = {"step": int(step), "time": time.time()}
+    record.update({k: float(v) for k, v in scalars.items()})
+    self._write(record)
+
+  def write_texts(self, step, texts):
+    self._write({"step": int(step), "time": time.time(), **{k: str(v) for k, v in texts.items()}})
+
+  def write_hparams(self, hparams):
+    self._write({"hparams": json.loads(json.dumps(dict(hparams), default=str))})
+
+  def write_images(self, step, images):
+    del step, images
+
+  def write_videos(self, step, videos):
+    del step, videos
+
+  def write_audios(self, step, audios, *, sample_rate):
+    del step, audios, sample_rate
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    del step, arrays, num_buckets
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    if not self._file.closed:
+      self._file.close()
+
+
+def create_writer(workdir: str, *, is_main_process: bool) -> metric_writers.MetricWriter:
+  """TensorBoard event files plus ``workdir/metrics.jsonl`` on the main process; no-op elsewhere."""
+  if not is_main_process:
+    return metric_writers.MultiWriter([])
+  os.makedirs(workdir, exist_ok=True)
+  return metric_writers.MultiWriter([
+      metric_writers.SummaryWriter(workdir),
+      JsonLinesWriter(os.path.join(workdir, "metrics.jsonl")),
+  ])
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(round(max(seconds, 0.0)))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  return f"{hours:d}:{minutes:02d}:{seconds:02d}"
+
+
+def format_progress(*, step: int, num_steps: int, epoch: float, loss: float, accuracy: float,
+                    learning_rate: float, images_per_sec: float, eta_seconds: float) -> str:
+  """One console line of training progress."""
+  return (f"step {step}/{num_steps} | epoch {epoch:.2f} | loss {loss:.4f} | acc {accuracy:.4f} | "
+          f"lr {learning_rate:.4g} | {images_per_sec:,.0f} img/s | ETA {format_duration(eta_seconds)}")
+
+
+def format_layer_table(columns: Mapping[str, Mapping[str, float]], *, fmt: str = "{:.4f}") -> str:
+  """A text table: one row per layer (in first-column order), one column per statistic."""
+  headers = list(columns)
+  names = list(next(iter(columns.values()))) if columns else []
+  width = max([len("layer")] + [len(n) for n in names])
+  lines = ["  ".join(["layer".ljust(width)] + [h.rjust(max(len(h), 8)) for h in headers])]
+  for name in names:
+    cells = [fmt.format(columns[h][name]).rjust(max(len(h), 8)) for h in headers]
+    lines.append("  ".join([name.ljust(width)] + cells))
+  return "\n".join(lines)
