@@ -1,4 +1,4 @@
-"""Metric writers and the per-layer sparse-training statistics the trainer logs.
+"""Metric writers (TensorBoard event files, JSON lines) and the per-layer statistics the trainer logs.
 
 Everything here works on host numpy copies of the parameters (one replica), keyed by layer name
 (the parameter's path, e.g. ``'Conv_0/kernel'``). Definitions:
@@ -18,7 +18,6 @@ import os
 import time
 from typing import Any, Dict, Mapping, Optional
 
-from clu import metric_writers
 import jax
 import numpy as np
 import optax
@@ -101,45 +100,21 @@ def prefixed(prefix: str, values: Mapping[str, float]) -> Dict[str, float]:
   return {f"{prefix}/{name}": value for name, value in values.items()}
 
 
-class JsonLinesWriter(metric_writers.MetricWriter):
-  """Appends one JSON object per write to a file: ``{"step": s, "time": t, <name>: value, ...}``.
-
-  Scalars, texts and hyperparameters are recorded; array-valued summaries (images, videos,
-  audio, histograms) are left to TensorBoard and not written here.
-  """
+class JsonLinesWriter:
+  """Appends one JSON object per write to a file: ``{"step": s, "time": t, <name>: value, ...}``."""
 
   def __init__(self, path: str):
-    self._path = path
     self._file = open(path, "a", encoding="utf-8")
 
   def _write(self, record: Dict[str, Any]):
     self._file.write(json.dumps(record, sort_keys=True) + "\n")
 
-  def write_summaries(self, step, values, metadata=None):
-    self.write_scalars(step, {k: v for k, v in values.items() if np.ndim(v) == 0})
+  def write_scalars(self, step: int, scalars: Mapping[str, float]):
+    self._write({"step": int(step), "time": time.time(),
+                 **{k: float(v) for k, v in scalars.items()}})
 
-  def write_scalars(self, step, scalars):
-    record = {"step": int(step), "time": time.time()}
-    record.update({k: float(v) for k, v in scalars.items()})
-    self._write(record)
-
-  def write_texts(self, step, texts):
-    self._write({"step": int(step), "time": time.time(), **{k: str(v) for k, v in texts.items()}})
-
-  def write_hparams(self, hparams):
+  def write_hparams(self, hparams: Mapping[str, Any]):
     self._write({"hparams": json.loads(json.dumps(dict(hparams), default=str))})
-
-  def write_images(self, step, images):
-    del step, images
-
-  def write_videos(self, step, videos):
-    del step, videos
-
-  def write_audios(self, step, audios, *, sample_rate):
-    del step, audios, sample_rate
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    del step, arrays, num_buckets
 
   def flush(self):
     self._file.flush()
@@ -149,15 +124,75 @@ class JsonLinesWriter(metric_writers.MetricWriter):
       self._file.close()
 
 
-def create_writer(workdir: str, *, is_main_process: bool) -> metric_writers.MetricWriter:
+class TensorBoardWriter:
+  """TensorBoard event files written with TensorFlow's core summary ops.
+
+  Scalars go to TensorBoard's 'scalars' dashboard, hyperparameters to the 'text' dashboard as a
+  table. (Only the summary kernels of TensorFlow are used, so the ``tensorboard`` package is
+  needed to view the files, not to write them.)
+  """
+
+  def __init__(self, logdir: str):
+    import tensorflow as tf  # Imported here: the rest of this module does not need TensorFlow.
+    from tensorflow.core.framework import summary_pb2
+    self._tf = tf
+    self._writer = tf.summary.create_file_writer(logdir)
+    self._metadata = {
+        plugin: summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin))
+        for plugin in ("scalars", "text")}
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]):
+    tf = self._tf
+    with self._writer.as_default():
+      for name, value in scalars.items():
+        tf.summary.write(name, tf.constant(float(value), tf.float32), step=int(step),
+                         metadata=self._metadata["scalars"])
+
+  def write_hparams(self, hparams: Mapping[str, Any]):
+    tf = self._tf
+    table = "| field | value |\n|---|---|\n" + "\n".join(
+        f"| {k} | {v} |" for k, v in sorted(hparams.items()))
+    with self._writer.as_default():
+      tf.summary.write("hparams", tf.constant(table), step=0, metadata=self._metadata["text"])
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
+class MultiWriter:
+  """Forwards every call to each of ``writers`` (none on processes other than 0)."""
+
+  def __init__(self, writers):
+    self._writers = list(writers)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]):
+    for w in self._writers:
+      w.write_scalars(step, scalars)
+
+  def write_hparams(self, hparams: Mapping[str, Any]):
+    for w in self._writers:
+      w.write_hparams(hparams)
+
+  def flush(self):
+    for w in self._writers:
+      w.flush()
+
+  def close(self):
+    for w in self._writers:
+      w.close()
+
+
+def create_writer(workdir: str, *, is_main_process: bool) -> MultiWriter:
   """TensorBoard event files plus ``workdir/metrics.jsonl`` on the main process; no-op elsewhere."""
   if not is_main_process:
-    return metric_writers.MultiWriter([])
+    return MultiWriter([])
   os.makedirs(workdir, exist_ok=True)
-  return metric_writers.MultiWriter([
-      metric_writers.SummaryWriter(workdir),
-      JsonLinesWriter(os.path.join(workdir, "metrics.jsonl")),
-  ])
+  return MultiWriter([TensorBoardWriter(workdir),
+                      JsonLinesWriter(os.path.join(workdir, "metrics.jsonl"))])
 
 
 def format_duration(seconds: float) -> str:
