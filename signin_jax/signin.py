@@ -1,0 +1,372 @@
+"""Sign-In as an optax gradient transformation.
+
+Sign-In (Gadhikar, Jacobs, Zhou, Burkholz; arXiv 2504.12801) writes every reparameterized
+weight as ``theta = m * w`` and trains both factors. Under gradient flow with
+``g = dL/dtheta``::
+
+    dm/dt = -w g,   dw/dt = -m g,   beta = m**2 - w**2 is conserved,
+    dtheta/dt = -(m**2 + w**2) g = -sqrt(beta**2 + 4 theta**2) g,
+
+so for ``beta > 0`` a weight can cross zero and flip its sign. Weight decay and discrete steps
+shrink ``beta``; every ``reset_every`` steps the factors are re-split with the configured
+``beta`` while ``theta`` (the network function) stays unchanged::
+
+    r = sqrt(beta**2 + 4 theta**2),   m = sqrt((beta + r) / 2),   w = theta / m.
+
+The transformation takes gradients with respect to the model's ordinary parameters theta and
+returns updates for theta, so adding Sign-In to a training loop changes one line::
+
+    tx = sign_in(optax.sgd(0.1, momentum=0.9), reset_every=steps_per_epoch)
+
+The ``inner`` optimizer sees the factors as its parameters: for a reparameterized leaf it gets
+the gradient ``Factors(m=w * g, w=m * g)`` and the parameters ``Factors(m, w)``, so its weight
+decay, momentum, schedules and ``optax.inject_hyperparams`` act on m and w exactly as if the
+model had been written with explicit m and w parameters. Leaves that are not reparameterized
+(by default every leaf with ``ndim < 2``: biases, norm scales) get ``inner``'s ordinary update.
+
+Only ``m`` is stored; ``w = theta / m`` is derived from the current parameters at every step.
+Hence (a) the state holds one extra float per reparameterized weight (plus whatever ``inner``
+keeps for the two factors, e.g. two momenta for SGD with momentum), and (b) if code outside the
+transform changes theta between steps (re-applying a mask, a pruner, regrowth at zero), the next
+update starts from the new theta: there is no stale copy of theta that could come back.
+``m`` stays away from zero: after a split ``m >= sqrt(beta)``, and between resets
+``m**2 - w**2`` only shrinks slowly through weight decay (``d beta/dt = -2 lambda beta``).
+
+This module depends only on jax and optax.
+"""
+
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+# A per-leaf choice: one value for every leaf, a pytree (or pytree prefix) of values, or a
+# callable on (key path, leaf).
+PerLeaf = Union[float, bool, PyTree, Callable[[tuple, jax.Array], Any]]
+
+INNER_STATE_AT_RESET = ("keep", "reinit")
+
+
+class Factors(NamedTuple):
+  """The two factors of a reparameterized weight, ``theta = m * w``.
+
+  ``inner`` sees this node in place of the weight, in its parameters, gradients and updates;
+  per-parameter optimizer state (momentum, Adam moments) therefore holds a ``Factors`` node too.
+  """
+  m: Any
+  w: Any
+
+
+class SignInState(NamedTuple):
+  """State of :func:`sign_in`.
+
+  Attributes:
+    count: number of updates taken (int32).
+    reset_pending: whether the last update was a reset step (bool). The split itself is
+      applied at the start of the next update, to theta as it then is (theta is unchanged by a
+      split, so the trajectory is the same); :func:`factors` applies it too.
+    m: like params; the factor ``m`` at reparameterized leaves, ``optax.MaskedNode()`` elsewhere.
+    beta: like params; the scalar beta each reparameterized leaf is re-split with (float32),
+      ``optax.MaskedNode()`` elsewhere.
+    inner_state: state of ``inner``, initialised on the factor tree.
+  """
+  count: jax.Array
+  reset_pending: jax.Array
+  m: PyTree
+  beta: PyTree
+  inner_state: optax.OptState
+
+
+def split(theta: jax.Array, beta: Union[float, jax.Array] = 1.0):
+  """Splits ``theta`` into factors ``(m, w)`` with ``m * w = theta`` and ``m**2 - w**2 = beta``.
+
+  ``m = sqrt((beta + sqrt(beta**2 + 4 theta**2)) / 2) >= sqrt(beta)`` and ``w = theta / m``
+  carries the sign. Evaluated as ``m = sqrt(b + hypot(b, theta))`` with ``b = beta / 2`` so that
+  no intermediate overflows for any finite theta; low-precision inputs are computed in float32.
+  For ``beta = 0`` and ``theta = 0`` the split is ``(0, 0)``.
+
+  Args:
+    theta: weights (any float dtype).
+    beta: non-negative scalar or array broadcastable to ``theta``.
+
+  Returns:
+    ``(m, w)`` in ``theta``'s dtype.
+  """
+  theta = jnp.asarray(theta)
+  m = _split_m(theta, beta)
+  w = _div(_upcast(theta), m)
+  return m.astype(theta.dtype), w.astype(theta.dtype)
+
+
+def merge(m: jax.Array, w: jax.Array) -> jax.Array:
+  """Inverse of :func:`split`: ``theta = m * w``."""
+  return m * w
+
+
+def _upcast(x):
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _split_m(theta, beta):
+  """The factor m of split(theta, beta), in at least float32."""
+  t = _upcast(theta)
+  half_beta = jnp.asarray(beta, t.dtype) / 2
+  return jnp.sqrt(half_beta + jnp.hypot(half_beta, t))
+
+
+
+
+
+def sign_in(
+    inner: optax.GradientTransformation,
+    *,
+    beta: PerLeaf = 1.0,
+    reset_every: Optional[int] = None,
+    where: Optional[PerLeaf] = None,
+    inner_state_at_reset: str = "keep",
+) -> optax.GradientTransformationExtraArgs:
+  """Sign-In: trains ``theta = m * w`` through ``inner`` and re-splits every ``reset_every`` steps.
+
+  One update, for a reparameterized leaf with gradient ``g`` and current parameter ``theta``::
+
+      w = theta / m
+      (u_m, u_w) = inner((w g, m g); params=(m, w))
+      m' = m + u_m,  w' = w + u_w
+      update = m' w' - theta                        (what the caller adds to theta)
+      m <- split(m' w', beta).m  if this is a reset step, else m'
+
+  A reset step is every ``reset_every``-th update (the update that makes ``count`` a multiple
+  of ``reset_every``). The split is a ``lax.cond`` inside the same jitted computation (reset
+  and ordinary steps share one compilation); it is carried out at the start of the following
+  update, on theta as it is then (see ``SignInState.reset_pending``).
+
+  Args:
+    inner: the optimizer of the factors (any optax transformation, e.g.
+      ``optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))``).
+    beta: ``m**2 - w**2`` after a split; a non-negative float, a pytree (or prefix) of floats
+      like params, or a callable ``(path, leaf) -> float`` evaluated once, at ``init``, on the
+      initial parameters (so ``lambda path, p: jnp.mean(p**2)`` scales beta to each layer's
+      initial weight scale). The paper uses ``beta = 1`` for every layer.
+    reset_every: re-split the factors every this many updates; ``None`` never re-splits.
+    where: which leaves are reparameterized: a pytree (or prefix) of bools like params or a
+      callable ``(path, leaf) -> bool``. Default: leaves with ``ndim >= 2`` (conv and dense
+      kernels).
+    inner_state_at_reset: what happens to ``inner``'s per-factor state (the ``Factors`` nodes
+      in its state, e.g. momentum) at a reset. ``'keep'`` (default): leave it, since a reset
+      changes m and w little when beta has decayed little, and the momentum stays a valid
+      direction; leaves that are not reparameterized and scalar state (step counts, schedules)
+      are never touched. ``'reinit'``: replace it by ``inner.init`` of the new factors (zero
+      momentum). For Adam-like optimizers ``'reinit'`` zeroes the second moment while the step
+      count (and its bias correction) keeps going, which makes the next steps large: keep
+      ``'keep'`` there.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` requires ``params``.
+  """
+  if reset_every is not None and (
+      isinstance(reset_every, bool) or not isinstance(reset_every, int) or reset_every < 1):
+    raise ValueError(
+        f"sign_in: reset_every must be a positive int or None, got {reset_every!r}.")
+  if inner_state_at_reset not in INNER_STATE_AT_RESET:
+    raise ValueError(
+        f"sign_in: inner_state_at_reset must be one of {INNER_STATE_AT_RESET}, "
+        f"got {inner_state_at_reset!r}.")
+  if isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta < 0:
+    raise ValueError(f"sign_in: beta must be >= 0, got {beta!r}.")
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    leaves, treedef = _flatten(params)
+    selected = _selected(where, params, leaves, treedef)
+    betas = _per_leaf_beta(beta, params, leaves, treedef, selected)
+    ms = [_split_m(p, b).astype(p.dtype) if s else None
+          for p, b, s in zip(leaves, betas, selected)]
+    factor_params = _factor_tree(treedef, leaves, ms, selected)
+    return SignInState(
+        count=jnp.zeros([], jnp.int32),
+        reset_pending=jnp.zeros([], bool),
+        m=_masked_tree(treedef, ms, selected),
+        beta=_masked_tree(treedef, betas, selected),
+        inner_state=inner.init(factor_params),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError(
+          "sign_in: update() needs `params` (the current theta), e.g. "
+          "tx.update(grads, opt_state, params).")
+    thetas, treedef = _flatten(params)
+    grads = treedef.flatten_up_to(updates)
+    ms = treedef.flatten_up_to(state.m)
+    selected = [not isinstance(m, optax.MaskedNode) for m in ms]
+    inner_state = state.inner_state
+    if reset_every is not None:
+      # The reset that the previous update scheduled is applied here, to the parameters as
+      # they are now: theta is unchanged by a split, so this equals splitting right after the
+      # previous update, and the split reads theta from memory instead of keeping a copy.
+      ms, inner_state = _apply_pending_reset(
+          state, thetas, ms, selected, treedef, inner, inner_state_at_reset == "reinit")
+
+    # Each use of w = theta / m is its own division, on purpose: XLA does not duplicate a
+    # division into several consumers, so a shared w would be written to memory and read back;
+    # separate divisions fuse into their consumers (one pass over memory per output).
+    factor_grads = treedef.unflatten([
+        Factors(_div(t * g, m), m * g) if s else g
+        for t, g, m, s in zip(thetas, grads, ms, selected)])
+    factor_params = treedef.unflatten([
+        Factors(m, _div(t, m)) if s else t for t, m, s in zip(thetas, ms, selected)])
+    factor_updates, inner_state = inner.update(
+        factor_grads, inner_state, factor_params, **extra_args)
+    factor_updates = treedef.flatten_up_to(factor_updates)
+
+    new_updates, new_ms = [], []
+    for t, u, m, s in zip(thetas, factor_updates, ms, selected):
+      if not s:
+        new_updates.append(u)
+        new_ms.append(optax.MaskedNode())
+        continue
+      m_next = m + u.m
+      theta_next = _div(m_next * t, m) + m_next * u.w  # = m' * w' = m' * (theta / m + u_w)
+      new_updates.append((theta_next - t).astype(t.dtype))
+      new_ms.append(m_next.astype(m.dtype))
+
+    count = optax.safe_int32_increment(state.count)
+    new_state = SignInState(
+        count=count,
+        reset_pending=(count % reset_every == 0) if reset_every else jnp.zeros([], bool),
+        m=treedef.unflatten(new_ms),
+        beta=state.beta,
+        inner_state=inner_state)
+    return treedef.unflatten(new_updates), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _apply_pending_reset(state, thetas, ms, selected, treedef, inner, reinit):
+  """Re-splits every m from the current theta if the previous update was a reset step."""
+  betas = treedef.flatten_up_to(state.beta)
+
+  def reset(operands):
+    ms_, inner_state_ = operands
+    ms_ = [_split_m(t, b).astype(m.dtype) if s else m
+           for t, b, m, s in zip(thetas, betas, ms_, selected)]
+    if reinit:
+      inner_state_ = _reinit_factor_state(inner, inner_state_, treedef, thetas, ms_, selected)
+    return ms_, inner_state_
+
+  # lax.cond, not jnp.where: the split (a hypot and a sqrt per weight) runs only at reset
+  # steps, and both branches live in one compiled update. The inner state goes through the
+  # cond only when a reset changes it.
+  ms, reset_inner_state = jax.lax.cond(
+      state.reset_pending, reset, lambda operands: operands,
+      (ms, state.inner_state if reinit else None))
+  return ms, reset_inner_state if reinit else state.inner_state
+
+
+def _reinit_factor_state(inner, inner_state, treedef, thetas, ms, selected):
+  """Replaces every Factors node of inner's state by the one of a fresh inner.init."""
+  fresh = inner.init(_factor_tree(treedef, thetas, ms, selected))
+  is_factors = lambda x: isinstance(x, Factors)
+  return jax.tree.map(lambda old, new: new if is_factors(old) else old,
+                      inner_state, fresh, is_leaf=is_factors)
+
+
+def _div(x, m):
+  # m == 0 only for beta == 0 and theta == 0; such a weight has w = 0 (and gradient m g = 0).
+  return jnp.where(m == 0, jnp.zeros_like(x), x / m)
+
+
+def find_signin_state(opt_state) -> Optional[SignInState]:
+  """Returns the (first) :class:`SignInState` inside any optax state, or None."""
+  found = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, SignInState))
+  return next((x for x in found if isinstance(x, SignInState)), None)
+
+
+def factors(params, state: SignInState) -> PyTree:
+  """Like params: ``Factors(m, w)`` at reparameterized leaves, ``optax.MaskedNode()`` elsewhere.
+
+  A reset scheduled by the last update (``state.reset_pending``) is applied, so right after a
+  reset step ``m**2 - w**2`` equals the configured beta.
+  """
+  thetas, treedef = _flatten(params)
+  ms = treedef.flatten_up_to(state.m)
+  betas = treedef.flatten_up_to(state.beta)
+  out = []
+  for t, m, b in zip(thetas, ms, betas):
+    if isinstance(m, optax.MaskedNode):
+      out.append(m)
+      continue
+    m = jnp.where(state.reset_pending, _split_m(t, b).astype(m.dtype), m)
+    out.append(Factors(m, _div(t, m).astype(m.dtype)))
+  return treedef.unflatten(out)
+
+
+def factor_betas(params, state: SignInState) -> PyTree:
+  """Like params: elementwise ``m**2 - w**2`` (the current beta) at reparameterized leaves,
+  ``optax.MaskedNode()`` elsewhere. Right after a reset it equals the configured beta."""
+  is_factors = lambda x: isinstance(x, Factors)
+  return jax.tree.map(
+      lambda f: _upcast(f.m) ** 2 - _upcast(f.w) ** 2 if is_factors(f) else f,
+      factors(params, state), is_leaf=is_factors)
+
+
+# --- pytree plumbing -----------------------------------------------------------------------
+
+def _flatten(params):
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  return leaves, treedef
+
+
+def _per_leaf(spec, params, treedef, name):
+  """Broadcasts a per-leaf spec (value, pytree prefix, or callable(path, leaf)) to a flat list."""
+  if callable(spec):
+    with_path, _ = jax.tree_util.tree_flatten_with_path(params)
+    return [spec(path, leaf) for path, leaf in with_path]
+  if not _is_tree(spec):
+    return [spec] * treedef.num_leaves
+  try:
+    full = jax.tree.map(lambda v, sub: jax.tree.map(lambda _: v, sub), spec, params)
+    return treedef.flatten_up_to(full)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"sign_in: `{name}` must be a scalar, a callable (path, leaf), or a pytree whose "
+        f"structure is a prefix of the params' structure: {e}") from e
+
+
+def _is_tree(x):
+  return not (x is None or isinstance(x, (bool, int, float)) or
+              (hasattr(x, "shape") and getattr(x, "ndim", 1) == 0))
+
+
+def _selected(where, params, leaves, treedef):
+  if where is None:
+    return [jnp.ndim(p) >= 2 for p in leaves]
+  flags = _per_leaf(where, params, treedef, "where")
+  for f in flags:
+    if not isinstance(f, (bool, jnp.bool_)) and not (hasattr(f, "dtype") and f.dtype == bool):
+      raise ValueError(f"sign_in: `where` must give python bools per leaf, got {f!r}.")
+  return [bool(f) and jnp.issubdtype(p.dtype, jnp.floating) for f, p in zip(flags, leaves)]
+
+
+def _per_leaf_beta(beta, params, leaves, treedef, selected):
+  values = _per_leaf(beta, params, treedef, "beta")
+  betas = []
+  for b, s in zip(values, selected):
+    if not s:
+      betas.append(None)
+      continue
+    if not isinstance(b, jax.core.Tracer) and jnp.any(jnp.asarray(b) < 0):
+      raise ValueError(f"sign_in: beta must be >= 0 for every leaf, got {b!r}.")
+    betas.append(jnp.asarray(b, jnp.float32))
+  return betas
+
+
+def _masked_tree(treedef, values, selected):
+  return treedef.unflatten([v if s else optax.MaskedNode() for v, s in zip(values, selected)])
+
+
+def _factor_tree(treedef, thetas, ms, selected):
+  return treedef.unflatten([
+      Factors(m, _div(t, m)) if s else t for t, m, s in zip(thetas, ms, selected)])
