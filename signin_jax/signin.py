@@ -228,8 +228,9 @@ def sign_in(
         new_ms.append(optax.MaskedNode())
         continue
       m_next = m + u.m
-      theta_next = _div(m_next * t, m) + m_next * u.w  # = m' * w' = m' * (theta / m + u_w)
-      new_updates.append((theta_next - t).astype(t.dtype))
+      # m' w' - theta with w = theta / m, expanded so that no cancellation occurs and a zero
+      # inner update gives exactly zero: (m + u_m)(theta / m + u_w) - theta.
+      new_updates.append((_div(u.m * t, m) + m_next * u.w).astype(t.dtype))
       new_ms.append(m_next.astype(m.dtype))
 
     count = optax.safe_int32_increment(state.count)
