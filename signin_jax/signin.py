@@ -230,7 +230,8 @@ def sign_in(
       m_next = m + u.m
       # m' w' - theta with w = theta / m, expanded so that no cancellation occurs and a zero
       # inner update gives exactly zero: (m + u_m)(theta / m + u_w) - theta.
-      new_updates.append((_div(u.m * t, m) + m_next * u.w).astype(t.dtype))
+      # (m' is not reused here: reading it back would cost one more pass over memory.)
+      new_updates.append((_div(u.m * t, m) + (m * u.w + u.m * u.w)).astype(t.dtype))
       new_ms.append(m_next.astype(m.dtype))
 
     count = optax.safe_int32_increment(state.count)
