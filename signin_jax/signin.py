@@ -39,6 +39,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 PyTree = Any
@@ -359,7 +360,7 @@ def _per_leaf_beta(beta, params, leaves, treedef, selected):
     if not s:
       betas.append(None)
       continue
-    if not isinstance(b, jax.core.Tracer) and jnp.any(jnp.asarray(b) < 0):
+    if not isinstance(b, jax.core.Tracer) and np.any(np.asarray(b) < 0):
       raise ValueError(f"sign_in: beta must be >= 0 for every leaf, got {b!r}.")
     betas.append(jnp.asarray(b, jnp.float32))
   return betas
