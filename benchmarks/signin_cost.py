@@ -1,0 +1,139 @@
+"""What Sign-In costs, measured side by side in one run on this machine.
+
+    python benchmarks/signin_cost.py                 # both parts
+    python benchmarks/signin_cost.py --part=update   # (a) only
+
+(a) The optimizer update alone (``tx.update`` + ``optax.apply_updates``, jitted) on the
+    ImageNet ResNet-50 parameter tree (25.6M parameters): Sign-In around SGD + momentum +
+    weight decay versus SGD + momentum + weight decay. Goal: at most 2.5x.
+(b) A whole jitted train step (forward, backward, optimizer) of the CIFAR ResNet-20 at batch
+    128 with a 90 % ERK random mask: PaI + Sign-In versus PaI, through the trainer's own
+    ``train_step``. Goal: at most 1.02x.
+It also prints the optimizer-state bytes per parameter (goal: at most 3 floats per
+reparameterized weight beyond the parameter itself).
+
+Timing: the two variants run alternately, ``--repeats`` times each after a warm-up, and the
+ratio of the medians is printed, so that load from other processes hits both alike.
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from signin_jax import masks as masks_lib
+from signin_jax import models
+from signin_jax import signin
+
+
+def sgd_momentum_wd():
+  return optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
+
+
+def time_alternately(calls, repeats):
+  """Runs each callable once (warm-up), then `repeats` rounds in turn; median seconds each."""
+  for call in calls.values():
+    call()
+  times = {name: [] for name in calls}
+  for _ in range(repeats):
+    for name, call in calls.items():
+      start = time.perf_counter()
+      call()
+      times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def state_bytes(opt_state) -> int:
+  return sum(x.nbytes for x in jax.tree.leaves(opt_state))
+
+
+def update_only(repeats):
+  model = models.get_model("resnet50", num_classes=1000)
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
+  keys = iter(jax.random.split(jax.random.PRNGKey(0), len(jax.tree.leaves(shapes["params"]))))
+  params = jax.tree.map(lambda s: jax.random.normal(next(keys), s.shape, s.dtype) * 0.05,
+                        shapes["params"])
+  num_params = sum(p.size for p in jax.tree.leaves(params))
+  grads = jax.tree.map(lambda p: p * 0.01, params)
+
+  def runner(tx):
+    state = [params, tx.init(params)]
+
+    @jax.jit
+    def step(p, s, g):
+      updates, s = tx.update(g, s, p)
+      return optax.apply_updates(p, updates), s
+
+    def call():
+      state[0], state[1] = step(state[0], state[1], grads)
+      jax.block_until_ready(state[0])
+    return call, state
+
+  plain, plain_state = runner(sgd_momentum_wd())
+  # reset_every=2: every other timed update carries out a reset, the costlier kind.
+  signed, signed_state = runner(signin.sign_in(sgd_momentum_wd(), reset_every=2))
+  times = time_alternately({"sgd": plain, "signin": signed}, repeats)
+  reparameterized = sum(p.size for p in jax.tree.leaves(params) if p.ndim >= 2)
+  extra = state_bytes(signed_state[1]) - state_bytes(plain_state[1])
+  print(f"(a) optimizer update, ResNet-50 tree ({num_params / 1e6:.2f}M params, "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s))")
+  print(f"    SGD+momentum+wd        {times['sgd'] * 1e3:8.1f} ms")
+  print(f"    Sign-In(SGD+m+wd)      {times['signin'] * 1e3:8.1f} ms")
+  print(f"    ratio                  {times['signin'] / times['sgd']:8.2f}x   (goal <= 2.5x)")
+  print(f"    optimizer state: SGD+m {state_bytes(plain_state[1]) / num_params:.2f} B/param, "
+        f"Sign-In {state_bytes(signed_state[1]) / num_params:.2f} B/param; Sign-In adds "
+        f"{extra / 4 / reparameterized:.2f} floats per reparameterized weight "
+        f"(m and the second momentum; goal <= 3 beyond the parameter, "
+        f"{state_bytes(signed_state[1]) / 4 / reparameterized:.2f} in all)")
+
+
+def train_step_ratio(repeats):
+  from signin_jax import train  # the trainer's own train step; needs flax.
+  batch_size, num_classes = 128, 10
+  model = models.get_model("resnet20", num_classes=num_classes)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  mask = masks_lib.create_masks(jax.random.PRNGKey(1), variables["params"], 0.9,
+                                method="random", distribution="erk")
+  params = masks_lib.apply_mask(variables["params"], mask)
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.normal(size=(batch_size, 32, 32, 3)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32)}
+
+  def runner(tx):
+    state = [train.TrainState.create(params=params, batch_stats=variables["batch_stats"], tx=tx)]
+    step = jax.jit(lambda s, b: train.train_step(s, b, apply_fn=model.apply, tx=tx,
+                                                 num_classes=num_classes))
+
+    def call():
+      state[0], metrics = step(state[0], batch)
+      jax.block_until_ready(metrics)
+    return call
+
+  pai = runner(masks_lib.with_static_mask(sgd_momentum_wd(), mask))
+  signed = runner(masks_lib.with_static_mask(
+      signin.sign_in(sgd_momentum_wd(), reset_every=2), mask))
+  times = time_alternately({"pai": pai, "signin": signed}, repeats)
+  print(f"(b) whole train step, CIFAR ResNet-20, batch {batch_size}, 90 % ERK mask")
+  print(f"    PaI                    {times['pai'] * 1e3:8.1f} ms "
+        f"({batch_size / times['pai']:.0f} images/s)")
+  print(f"    PaI + Sign-In          {times['signin'] * 1e3:8.1f} ms")
+  print(f"    ratio                  {times['signin'] / times['pai']:8.3f}x  (goal <= 1.02x)")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--part", choices=("all", "update", "train_step"), default="all")
+  parser.add_argument("--repeats", type=int, default=15)
+  args = parser.parse_args()
+  if args.part in ("all", "update"):
+    update_only(args.repeats)
+  if args.part in ("all", "train_step"):
+    train_step_ratio(args.repeats)
+
+
+if __name__ == "__main__":
+  main()
