@@ -17,6 +17,7 @@ import optax
 import pytest
 
 
+from signin_jax import masks as masks_lib
 from signin_jax import signin
 
 BETA = 1.0
@@ -93,7 +94,7 @@ def _rel_err(a, b):
 @pytest.mark.parametrize("inner_name", list(INNERS))
 def test_matches_explicit_factor_model(model_cls, inner_name):
   """Sign-In on theta == the model written with explicit (m, w), over 60 steps, 7 resets."""
-  from signin_jax import masks as masks_lib
+
   steps, reset_every = 60, 8
   model = model_cls()
   x, y = _data(model_cls.__name__)
