@@ -64,6 +64,12 @@ def test_forward_shapes_dtypes_and_kernels(name):
     logits = model.apply(variables, x, train=True)
   assert logits.shape == (2, 7) and logits.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(logits)))
+  # The compute really is bfloat16: every submodule's output (all but the model's own) is.
+  _, state = model.apply(variables, x, train=False, capture_intermediates=True,
+                         mutable=["intermediates"])
+  inner = [(path, a) for path, a in
+           jax.tree_util.tree_flatten_with_path(state["intermediates"])[0] if len(path) > 2]
+  assert inner and all(a.dtype == jnp.bfloat16 for _, a in inner), inner
 
 
 def test_batchnorm_statistics_are_averaged_over_the_device_axis():
@@ -98,8 +104,66 @@ def test_output_positions():
   assert positions["classifier/kernel"] == 1
 
 
-def test_unknown_model_and_bad_width():
-  with pytest.raises(ValueError, match="model must be one of"):
+def test_resnet50_is_v1_5_with_torchvision_padding():
+  """ImageNet stem 224 -> 112 -> 56 (max-pool); the stride sits on the 3x3 conv, not the 1x1."""
+  model = models.get_model("resnet50", num_classes=1000)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)),
+                                               train=False))
+  positions = models.output_positions(model, abstract, (1, 224, 224, 3))
+  block = abstract["params"]["stage2_block1"]
+  assert block["Conv_0"]["kernel"].shape[:2] == (1, 1)
+  assert block["Conv_1"]["kernel"].shape[:2] == (3, 3)
+  assert positions["stem_conv/kernel"] == 112 * 112
+  assert positions["stage1_block1/Conv_0/kernel"] == 56 * 56
+  assert positions["stage2_block1/Conv_0/kernel"] == 56 * 56
+  assert positions["stage2_block1/Conv_1/kernel"] == 28 * 28
+  assert positions["stage2_block1/proj_conv/kernel"] == 28 * 28
+  assert positions["stage4_block3/Conv_2/kernel"] == 7 * 7
+  assert positions["classifier/kernel"] == 1
+
+  # Padding k // 2 on both sides (torchvision), not 'SAME' (which pads a stride-2 conv only at
+  # the end): compare the stem and the max-pool with an explicit lax reference.
+  tiny = models.get_model("resnet50", num_classes=3, width=4)
+  x = jax.random.normal(jax.random.PRNGKey(1), (1, 16, 16, 3))
+  variables = tiny.init(jax.random.PRNGKey(0), x, train=False)
+  _, state = tiny.apply(variables, x, train=False, capture_intermediates=True,
+                        mutable=["intermediates"])
+  kernel = variables["params"]["stem_conv"]["kernel"]
+  expected = jax.lax.conv_general_dilated(x, kernel, (2, 2), [(3, 3), (3, 3)],
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  inter = state["intermediates"]
+  np.testing.assert_allclose(inter["stem_conv"]["__call__"][0], expected, rtol=1e-5, atol=1e-5)
+  pooled = jax.lax.reduce_window(jax.nn.relu(inter["stem_bn"]["__call__"][0]), -jnp.inf,
+                                 jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                                 [(0, 0), (1, 1), (1, 1), (0, 0)])
+  first_1x1 = variables["params"]["stage1_block1"]["Conv_0"]["kernel"][0, 0]
+  np.testing.assert_allclose(inter["stage1_block1"]["Conv_0"]["__call__"][0],
+                             pooled @ first_1x1, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_init_residual():
+  for name, last_bn in [("resnet_narrow", "BatchNorm_1"), ("resnet50", "BatchNorm_2")]:
+    model = models.get_model(name, num_classes=10, width=4, zero_init_residual=True)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
+    blocks = [k for k in params if "_block" in k]
+    assert blocks
+    for k in blocks:
+      for bn, v in params[k].items():
+        if "scale" in v:
+          np.testing.assert_array_equal(v["scale"], 0.0 if bn == last_bn else 1.0)
+    np.testing.assert_array_equal(params["stem_bn"]["scale"], 1.0)
+  default = models.get_model("resnet_narrow", num_classes=10, width=4).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False)["params"]
+  np.testing.assert_array_equal(default["stage1_block1"]["BatchNorm_1"]["scale"], 1.0)
+  with pytest.raises(ValueError, match="zero_init_residual.*lenet300_100"):
+    models.get_model("lenet300_100", num_classes=10, zero_init_residual=True)
+
+
+def test_unknown_model_and_bad_arguments():
+  assert models.MODEL_NAMES == tuple(sorted(models.MODELS))
+  with pytest.raises(ValueError, match=r"model must be one of \[.*'resnet20'.*'resnet21'"):
     models.get_model("resnet21", num_classes=10)
   with pytest.raises(ValueError, match="width"):
     models.get_model("resnet20", num_classes=10, width=0)
+  with pytest.raises(ValueError, match="num_classes"):
+    models.get_model("resnet20", num_classes=0)
