@@ -26,7 +26,6 @@ to 224 (as flax examples/imagenet). Fashion-MNIST: none. All: per-channel normal
 Where the data comes from: see :mod:`signin_jax.prepare_data`.
 """
 
-import functools
 import math
 from typing import Dict, Iterator, NamedTuple, Optional, Tuple
 
@@ -125,7 +124,6 @@ def _shard(split, process_index, process_count):
                                        process_count=process_count)
 
 
-@functools.lru_cache(maxsize=None)
 def _split_size(name: str, split: str, data_dir: Optional[str]) -> int:
   """Examples in `split` (a TFDS split string, possibly sliced); counted when TFDS has no
   metadata (mock data in tests)."""
