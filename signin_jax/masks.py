@@ -25,6 +25,8 @@ import optax
 PyTree = Any
 DISTRIBUTIONS = ("uniform", "er", "erk")
 METHODS = ("random", "magnitude", "snip", "grasp", "synflow")
+DATA_DEPENDENT_METHODS = ("snip", "grasp")  # need loss_fn and a batch
+
 SCOPES = ("layer", "global")
 
 
