@@ -4,12 +4,18 @@ Knows nothing of models. Batches are numpy dicts ``{'image': float32 [B, H, W, C
 'label': int32 [B]}`` (eval batches add ``'mask'``: 1 for a real example, 0 for padding), where
 B is this process's share of the global batch.
 
-Training data is a pure function of ``(seed, step)``: epoch e reads this process's shard in an
-order shuffled with a seed derived from ``(seed, e)``, every example's augmentation draws from
-a stateless RNG seeded by ``(seed, e, position in the epoch)``, and every epoch has exactly
-``steps_per_epoch`` batches (the partial last batch is dropped). So a run resumed at step s
-(``start_step=s``) sees exactly the batches an uninterrupted run sees from step s on; resuming
-mid-epoch skips examples before they are decoded.
+Training data is a pure function of ``(seed, step)``, and every epoch has exactly
+``steps_per_epoch`` batches (the partial last batch is dropped), so a run resumed at step s
+(``start_step=s``) sees exactly the batches an uninterrupted run sees from step s on. Two paths:
+
+* small datasets (CIFAR, Fashion-MNIST): this process's shard is decoded once and held in
+  memory as uint8; epoch e's order is a permutation drawn from numpy's generator seeded by
+  ``(seed, e, process)``, and batch b's augmentation from one seeded by
+  ``(seed, e, process, b)``; the batch is cropped, flipped and normalized in numpy, vectorized
+  (decoding and per-example tf.data work cost more than a small model's step);
+* ImageNet: streamed by tf.data; files and examples shuffled with seeds derived from
+  ``(seed, e)``, every example's augmentation drawn from a stateless RNG seeded by
+  ``(seed, e, position in the epoch)``; resuming mid-epoch skips examples before decoding.
 
 Evaluation covers every example of the split exactly once: the last batch is padded with
 masked-out examples, and every process yields the same number of batches (padding with fully
@@ -165,10 +171,6 @@ def _normalize(tf, image, info):
   return (image - tf.constant(info.mean)) / tf.constant(info.std)
 
 
-def _decode(tf, image_bytes, info):
-  return tf.io.decode_image(image_bytes, channels=info.image_shape[-1], expand_animations=False)
-
-
 def _imagenet_eval_image(tf, image_bytes, size):
   shape = tf.io.extract_jpeg_shape(image_bytes)
   h, w = shape[0], shape[1]
@@ -191,32 +193,54 @@ def _imagenet_train_image(tf, image_bytes, size, seed):
   return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
 
-def _train_example(tf, info, image_bytes, seed):
-  if info.augment == "imagenet":
-    image = _imagenet_train_image(tf, image_bytes, info.image_shape[0], seed)
-  else:
-    image = _decode(tf, image_bytes, info)
-    if info.augment == "cifar":
-      crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-      image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
-      image = tf.image.stateless_random_crop(image, info.image_shape, seed=crop_seed)
-      image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  return _normalize(tf, image, info)
-
-
-def _eval_example(tf, info, image_bytes):
-  if info.augment == "imagenet":
-    image = _imagenet_eval_image(tf, image_bytes, info.image_shape[0])
-  else:
-    image = _decode(tf, image_bytes, info)
-  return _normalize(tf, image, info)
-
-
 def _options(tf):
   options = tf.data.Options()
   options.deterministic = True
   options.autotune.enabled = True
   return options
+
+
+# --- small datasets: decoded once, held in memory ------------------------------------------
+
+_MEMORY: Dict[Tuple[str, str, Optional[str], int], Tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _in_memory(name: str, split, data_dir: Optional[str]):
+  """(normalized float32 images, int32 labels) of `split`, decoded and normalized once per
+  process and kept (keyed by the split's size too, so data that changed under the same name is
+  read anew). Normalizing once leaves a batch nothing but a gather (and CIFAR's crop/flip)."""
+  info = DATASETS[name]
+  key = (name, str(split), data_dir, _split_size(name, split, data_dir))
+  if key not in _MEMORY:
+    tfds = _tfds()
+    _tf()
+    ds = tfds.builder(name, data_dir=data_dir).as_dataset(split=split, shuffle_files=False)
+    parts = list(tfds.as_numpy(ds.map(lambda ex: (ex["image"], ex["label"])).batch(4096)))
+    images = np.concatenate([p[0] for p in parts])
+    _MEMORY[key] = (_normalize_np(images, info),
+                    np.concatenate([p[1] for p in parts]).astype(np.int32))
+  return _MEMORY[key]
+
+
+def _normalize_np(images: np.ndarray, info: DatasetInfo) -> np.ndarray:
+  scale = np.float32(1 / 255)
+  return ((images.astype(np.float32) * scale - np.float32(info.mean)) /
+          np.float32(info.std)).astype(np.float32)
+
+
+def _augment_cifar(images: np.ndarray, rng: np.random.Generator, info: DatasetInfo):
+  """Pad 4 with black, random 32x32 crop and random horizontal flip, for a whole batch of
+  normalized images at once."""
+  n, h, w, _ = images.shape
+  black = (np.zeros(3, np.float32) - np.float32(info.mean)) / np.float32(info.std)
+  padded = np.broadcast_to(black, (n, h + 8, w + 8, 3)).copy()
+  padded[:, 4:4 + h, 4:4 + w] = images
+  top, left = rng.integers(0, 9, size=n), rng.integers(0, 9, size=n)
+  rows = top[:, None] + np.arange(h)[None, :]
+  cols = left[:, None] + np.arange(w)[None, :]
+  flip = rng.random(n) < 0.5
+  cols = np.where(flip[:, None], cols[:, ::-1], cols)
+  return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 # --- iterators ---------------------------------------------------------------------------------
@@ -231,10 +255,14 @@ def train_iterator(name: str, *, global_batch_size: int, seed: int, start_step: 
   local = _local_batch(global_batch_size, process_count)
   steps = steps_per_epoch(name, global_batch_size, data_dir=data_dir,
                           process_count=process_count)
-  tf, tfds = _tf(), _tfds()
-  builder = tfds.builder(name, data_dir=data_dir)
   split = _shard(info.train_split, process_index, process_count)
   epoch, offset = divmod(start_step, steps)
+  if info.augment != "imagenet":
+    yield from _train_in_memory(name, info, split, data_dir, seed, process_index, local, steps,
+                                epoch, offset)
+    return
+  tf, tfds = _tf(), _tfds()
+  builder = tfds.builder(name, data_dir=data_dir)
   while True:
     # One seed per (run seed, epoch, process): orders and augmentations never repeat.
     epoch_seed = np.array([seed, (epoch * process_count + process_index) % 2**62], np.int64)
@@ -249,12 +277,30 @@ def train_iterator(name: str, *, global_batch_size: int, seed: int, start_step: 
 
     def preprocess(position, example, epoch_seed=tf.constant(epoch_seed)):
       example_seed = tf.random.experimental.stateless_fold_in(epoch_seed, position)
-      return {"image": _train_example(tf, info, example["image"], example_seed),
+      image = _imagenet_train_image(tf, example["image"], info.image_shape[0], example_seed)
+      return {"image": _normalize(tf, image, info),
               "label": tf.cast(example["label"], tf.int32)}
 
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     yield from tfds.as_numpy(ds)
+    epoch, offset = epoch + 1, 0
+
+
+def _train_in_memory(name, info, split, data_dir, seed, process_index, local, steps, epoch,
+                     offset):
+  """Small datasets: epoch e's order and augmentations come from numpy generators seeded by
+  (seed, e, process) and (seed, e, process, batch), so any step can be resumed exactly."""
+  images, labels = _in_memory(name, split, data_dir)
+  while True:
+    order = np.random.default_rng([seed, epoch, process_index]).permutation(len(labels))
+    for b in range(offset, steps):
+      idx = order[b * local:(b + 1) * local]
+      batch = images[idx]
+      if info.augment == "cifar":
+        batch = _augment_cifar(batch, np.random.default_rng([seed, epoch, process_index, b]),
+                               info)
+      yield {"image": batch, "label": labels[idx]}
     epoch, offset = epoch + 1, 0
 
 
@@ -278,20 +324,18 @@ def eval_iterator(name: str, *, global_batch_size: int, data_dir: Optional[str] 
   local = _local_batch(global_batch_size, process_count)
   num_batches = num_eval_batches(name, global_batch_size, data_dir=data_dir,
                                  process_count=process_count)
-  tf, tfds = _tf(), _tfds()
-  ds = tfds.builder(name, data_dir=data_dir).as_dataset(
-      split=_shard(info.eval_split, process_index, process_count), shuffle_files=False,
-      read_config=tfds.ReadConfig(options=_options(tf)),
-      decoders={"image": tfds.decode.SkipDecoding()})
-  ds = ds.map(lambda ex: {"image": _eval_example(tf, info, ex["image"]),
-                          "label": tf.cast(ex["label"], tf.int32),
-                          "mask": tf.ones([], tf.int32)},
-              num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(local).prefetch(tf.data.AUTOTUNE)
+  split = _shard(info.eval_split, process_index, process_count)
   empty = {"image": np.zeros((local,) + info.image_shape, np.float32),
            "label": np.zeros((local,), np.int32), "mask": np.zeros((local,), np.int32)}
+  if info.augment != "imagenet":
+    images, labels = _in_memory(name, split, data_dir)
+    batches = ({"image": images[i:i + local], "label": labels[i:i + local],
+                "mask": np.ones(len(labels[i:i + local]), np.int32)}
+               for i in range(0, len(labels), local))
+  else:
+    batches = _eval_stream(name, info, split, data_dir, local)
   produced = 0
-  for batch in tfds.as_numpy(ds):
+  for batch in batches:
     n = batch["label"].shape[0]
     if n < local:  # the partial last batch: pad with masked-out examples
       batch = {k: np.concatenate([v, empty[k][:local - n]]) for k, v in batch.items()}
@@ -299,3 +343,17 @@ def eval_iterator(name: str, *, global_batch_size: int, data_dir: Optional[str] 
     yield batch
   for _ in range(num_batches - produced):
     yield dict(empty)
+
+
+def _eval_stream(name, info, split, data_dir, local):
+  tf, tfds = _tf(), _tfds()
+  ds = tfds.builder(name, data_dir=data_dir).as_dataset(
+      split=split, shuffle_files=False,
+      read_config=tfds.ReadConfig(options=_options(tf)),
+      decoders={"image": tfds.decode.SkipDecoding()})
+  ds = ds.map(lambda ex: {"image": _normalize(tf, _imagenet_eval_image(
+                              tf, ex["image"], info.image_shape[0]), info),
+                          "label": tf.cast(ex["label"], tf.int32),
+                          "mask": tf.ones([], tf.int32)},
+              num_parallel_calls=tf.data.AUTOTUNE)
+  return tfds.as_numpy(ds.batch(local).prefetch(tf.data.AUTOTUNE))

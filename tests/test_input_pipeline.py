@@ -36,6 +36,7 @@ def test_deterministic_and_resumable_across_epochs():
     again = _take(ip.train_iterator("cifar10", seed=3, **kw), 12)
     resumed = _take(ip.train_iterator("cifar10", seed=3, start_step=4, **kw), 8)
     other = _take(ip.train_iterator("cifar10", seed=4, **kw), 2)
+  assert all(b["image"].shape[0] == 4 for b in run + resumed + other)
   for a, b in zip(run, again):
     np.testing.assert_array_equal(a["image"], b["image"])
   for a, b in zip(run[4:], resumed):  # crosses the epoch boundary at step 5 and 10

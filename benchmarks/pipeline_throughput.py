@@ -1,0 +1,98 @@
+"""Does the input pipeline keep up? Quickstart training throughput, side by side in one run.
+
+    python benchmarks/pipeline_throughput.py [--steps=400] [--config=configs/X.py]
+    python benchmarks/pipeline_throughput.py --config.model=lenet300_100   # any override
+
+Runs the config's jitted train step (the trainer's own ``train_step`` under the config's
+parallelism) twice, alternating blocks of ``--block`` steps:
+  * fed by the real pipeline: ``input_pipeline.train_iterator`` (TFDS, augmentation, batching)
+    moved to the devices by the trainer's ``put_batch`` through its prefetching;
+  * fed one device-resident batch, over and over (no input work at all).
+It prints images/s of both and their ratio (goal: at least 0.95). Needs Fashion-MNIST prepared
+(``python -m signin_jax.prepare_data fashion_mnist``).
+"""
+
+import functools
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+
+from signin_jax import input_pipeline
+from signin_jax import masks as masks_lib
+from signin_jax import train
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/fashion_mnist_quickstart.py",
+                                          "Training config.", lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 400, "Timed steps of each kind.")
+_BLOCK = flags.DEFINE_integer("block", 50, "Steps per alternating block.")
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  dataset = input_pipeline.DATASETS[config.dataset]
+  steps_per_epoch = input_pipeline.steps_per_epoch(config.dataset, config.batch_size,
+                                                   data_dir=config.data_dir)
+  num_steps = config.num_epochs * steps_per_epoch
+
+  model = train.create_model(config, num_classes=dataset.num_classes)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + dataset.image_shape),
+                         train=False)
+  masks = masks_lib.create_masks(jax.random.PRNGKey(1), variables["params"], config.sparsity,
+                                 method=config.mask.method,
+                                 distribution=config.mask.distribution)
+  params = masks_lib.apply_mask(variables["params"], masks)
+  tx = train.create_optimizer(config, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
+                              masks=masks)
+  state = train.TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                           batch_stats=variables.get("batch_stats", {}),
+                           opt_state=tx.init(params), rng=jax.random.PRNGKey(2))
+  step_kwargs = dict(apply_fn=model.apply, num_classes=dataset.num_classes)
+  parallelism = train.make_parallelism(
+      config.parallelism,
+      train_fn=functools.partial(train.train_step, tx=tx,
+                                 label_smoothing=config.label_smoothing, **step_kwargs),
+      eval_fn=functools.partial(train.eval_step, **step_kwargs))
+  mesh_state = parallelism.put_state(train.replicate_from_host(
+      jax.device_get(state), parallelism.replicated))
+  states = {"pipeline": mesh_state, "resident": mesh_state}
+
+  batches = train.prefetch(map(parallelism.put_batch, input_pipeline.train_iterator(
+      config.dataset, global_batch_size=config.batch_size, seed=0, data_dir=config.data_dir,
+      process_index=0, process_count=1)))
+  resident = next(batches)
+  feeds = {"pipeline": lambda: next(batches), "resident": lambda: resident}
+
+  def run_block(kind, n):
+    state = states[kind]
+    start = time.perf_counter()
+    for _ in range(n):
+      state, step_metrics = parallelism.train_step(state, feeds[kind]())
+    jax.block_until_ready(step_metrics)
+    states[kind] = state
+    return time.perf_counter() - start
+
+  for kind in feeds:  # compile and warm up both
+    run_block(kind, 5)
+  seconds = {kind: 0.0 for kind in feeds}
+  blocks = max(_STEPS.value // _BLOCK.value, 1)
+  for _ in range(blocks):
+    for kind in feeds:
+      seconds[kind] += run_block(kind, _BLOCK.value)
+  images = blocks * _BLOCK.value * config.batch_size
+  rate = {kind: images / s for kind, s in seconds.items()}
+  print(f"{config.model} on {config.dataset}, batch {config.batch_size}, "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"parallelism={config.parallelism}")
+  print(f"  real input pipeline    {rate['pipeline']:10,.0f} images/s")
+  print(f"  device-resident batch  {rate['resident']:10,.0f} images/s")
+  print(f"  ratio                  {rate['pipeline'] / rate['resident']:10.3f}   (goal >= 0.95)")
+
+
+if __name__ == "__main__":
+  app.run(main)
