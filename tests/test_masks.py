@@ -260,7 +260,7 @@ def test_nnx_state():
     g = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x) ** 2))(params)
     updates, state = tx.update(g, state, params)
     params = optax.apply_updates(params, updates)
-  kernel, keep = np.asarray(params["kernel"].value), np.asarray(mask["kernel"].value)
+  kernel, keep = np.asarray(params["kernel"].get_value()), np.asarray(mask["kernel"].get_value())
   np.testing.assert_array_equal(kernel[~keep], 0.0)
 
 

@@ -405,8 +405,8 @@ def test_flax_nnx_state():
     losses.append(float(loss))
   assert losses[-1] < losses[0]
   f = signin.factors(params, state)
-  kernel = params["l1"]["kernel"].value
-  np.testing.assert_allclose(f["l1"]["kernel"].value.m * f["l1"]["kernel"].value.w, kernel,
+  kernel = params["l1"]["kernel"].get_value()
+  np.testing.assert_allclose(f["l1"]["kernel"].get_value().m * f["l1"]["kernel"].get_value().w, kernel,
                              rtol=1e-5)
 
 
