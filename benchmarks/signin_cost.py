@@ -95,8 +95,11 @@ def update_only(repeats):
 
 
 def train_step_ratio(repeats):
-  from signin_jax import train  # the trainer's own train step; needs flax.
-  batch_size, num_classes = 128, 10
+  # The trainer's own optimizer and train step, as configs/cifar10_r20.py builds them.
+  from configs import cifar10_r20  # pylint: disable=g-import-not-at-top
+  from signin_jax import train  # pylint: disable=g-import-not-at-top  (needs flax)
+  config = cifar10_r20.get_config()
+  batch_size, num_classes, steps_per_epoch = 128, 10, 390
   model = models.get_model("resnet20", num_classes=num_classes)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
   mask = masks_lib.create_masks(jax.random.PRNGKey(1), variables["params"], 0.9,
@@ -106,21 +109,25 @@ def train_step_ratio(repeats):
   batch = {"image": jnp.asarray(rng.normal(size=(batch_size, 32, 32, 3)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32)}
 
-  def runner(tx):
-    state = [train.TrainState.create(params=params, batch_stats=variables["batch_stats"], tx=tx)]
+  def runner(signin_enabled):
+    config.signin.enabled = signin_enabled
+    tx = train.create_optimizer(config, steps_per_epoch=steps_per_epoch,
+                                num_steps=config.num_epochs * steps_per_epoch, masks=mask)
+    state = [train.TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                              batch_stats=variables["batch_stats"], opt_state=tx.init(params),
+                              rng=jax.random.PRNGKey(2))]
     step = jax.jit(lambda s, b: train.train_step(s, b, apply_fn=model.apply, tx=tx,
-                                                 num_classes=num_classes))
+                                                 num_classes=num_classes, label_smoothing=0.0))
 
     def call():
       state[0], metrics = step(state[0], batch)
       jax.block_until_ready(metrics)
     return call
 
-  pai = runner(masks_lib.with_static_mask(sgd_momentum_wd(), mask))
-  signed = runner(masks_lib.with_static_mask(
-      signin.sign_in(sgd_momentum_wd(), reset_every=2), mask))
+  pai, signed = runner(False), runner(True)
   times = time_alternately({"pai": pai, "signin": signed}, repeats)
-  print(f"(b) whole train step, CIFAR ResNet-20, batch {batch_size}, 90 % ERK mask")
+  print(f"(b) whole train step, CIFAR ResNet-20 (configs/cifar10_r20.py optimizer), batch "
+        f"{batch_size}, 90 % ERK mask")
   print(f"    PaI                    {times['pai'] * 1e3:8.1f} ms "
         f"({batch_size / times['pai']:.0f} images/s)")
   print(f"    PaI + Sign-In          {times['signin'] * 1e3:8.1f} ms")
