@@ -273,12 +273,13 @@ def synflow_scores(apply_fn: Callable, params, input_shape: Sequence[int], densi
   ``densities`` exactly. All rounds run one compiled function.
 
   ``R`` is the sum over all input-output paths of the products of ``|theta|``, which grows
-  geometrically with depth: for ResNet-50 at initialization it is about 1e73, beyond float32
-  (3e38), and the rounds raise ``FloatingPointError``. Then pass ``dtype=jnp.float64``: the
-  rounds run under ``jax.enable_x64`` with float64 parameters and input (Tanaka et al.'s
-  ``double_precision``), which needs an ``apply_fn`` that computes and returns its outputs in
-  the dtype of its inputs (e.g. a Flax model with ``dtype=None`` or ``jnp.float64`` and no
-  cast of the logits to float32).
+  geometrically with depth: for a deep network (ResNet-50 at initialization) it exceeds
+  float32's 3.4e38, and the rounds raise ``FloatingPointError``. Then pass
+  ``dtype=jnp.float64``: the rounds run under ``jax.enable_x64`` with float64 parameters and
+  input (Tanaka et al.'s ``double_precision``), which needs an ``apply_fn`` that computes and
+  returns its outputs in the dtype of its inputs (e.g. a Flax model with ``dtype=None`` or
+  ``jnp.float64`` and no cast of the logits to float32). Rescaling each layer instead is not
+  an option: with residual connections it changes the scores, not only their scale.
 
   Args:
     apply_fn: ``apply_fn(params, inputs) -> outputs`` (any pytree; all leaves are summed) in

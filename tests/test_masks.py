@@ -455,7 +455,7 @@ def test_nnx_state():
   from flax import nnx
   model = nnx.Linear(20, 30, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
-  mask = masks.create_masks(jax.random.PRNGKey(0), params, 0.8, dense=())
+  mask = masks.create_masks(jax.random.PRNGKey(0), params, 0.8)
   assert masks.density(mask) == 120 / 600
   assert [r["path"] for r in masks.summary(params, mask)] == ["kernel/value", "total"]
   dens = masks.layer_densities(params, 0.75, overrides={"kernel": 0.25})
