@@ -41,17 +41,24 @@ def batches():
     yield (rng.normal(size=(32, 6)).astype(np.float32), rng.normal(size=(32, 3)).astype(np.float32))
 
 
+def sgd_step(tx, axis_name=None):
+  """One training step; with `axis_name` (under pmap) the gradients are averaged over it."""
+
+  def step(params, state, x, y):
+    g = jax.grad(loss_fn)(params, x, y)
+    if axis_name is not None:
+      g = jax.lax.pmean(g, axis_name)
+    updates, state = tx.update(g, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
 def single_device():
   tx = make_tx()
   params = init_params()
   state = tx.init(params)
-
-  @jax.jit
-  def step(params, state, x, y):
-    g = jax.grad(loss_fn)(params, x, y)
-    updates, state = tx.update(g, state, params)
-    return optax.apply_updates(params, updates), state
-
+  step = jax.jit(sgd_step(tx))
   for x, y in batches():
     params, state = step(params, state, x, y)
   return params
@@ -62,13 +69,7 @@ def with_pmap():
   n = jax.device_count()
   params = jax.tree.map(lambda a: jnp.stack([a] * n), init_params())
   state = jax.pmap(tx.init)(params)
-
-  def step(params, state, x, y):
-    g = jax.lax.pmean(jax.grad(loss_fn)(params, x, y), "batch")
-    updates, state = tx.update(g, state, params)
-    return optax.apply_updates(params, updates), state
-
-  step = jax.pmap(step, axis_name="batch")
+  step = jax.pmap(sgd_step(tx, "batch"), axis_name="batch")
   for x, y in batches():
     params, state = step(params, state, x.reshape(n, -1, 6), y.reshape(n, -1, 3))
   replicas = [jax.tree.map(lambda a, i=i: a[i], params) for i in range(n)]
@@ -84,13 +85,7 @@ def with_mesh():
   batch_sharding = NamedSharding(mesh, P("data"))
   params = jax.device_put(init_params(), replicated)
   state = jax.jit(tx.init)(params)
-
-  @jax.jit
-  def step(params, state, x, y):
-    g = jax.grad(loss_fn)(params, x, y)
-    updates, state = tx.update(g, state, params)
-    return optax.apply_updates(params, updates), state
-
+  step = jax.jit(sgd_step(tx))
   for x, y in batches():
     params, state = step(params, state, jax.device_put(x, batch_sharding),
                          jax.device_put(y, batch_sharding))
@@ -108,15 +103,9 @@ def state_keeps_parameter_sharding():
   params = jax.device_put(init_params(), shardings)
   state = jax.jit(tx.init)(params)
   x, y = next(batches())
-
-  @jax.jit
-  def step(params, state):
-    g = jax.grad(loss_fn)(params, x, y)
-    updates, state = tx.update(g, state, params)
-    return optax.apply_updates(params, updates), state
-
+  step = jax.jit(sgd_step(tx))
   for _ in range(RESET_EVERY + 1):  # through a reset
-    params, state = step(params, state)
+    params, state = step(params, state, x, y)
   for name in ("hidden", "out"):
     want = shardings[name]["kernel"]
     for arr in (params[name]["kernel"], state.m[name]["kernel"],
