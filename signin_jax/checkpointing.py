@@ -62,7 +62,10 @@ def create_manager(directory: str, *, keep: int) -> ocp.CheckpointManager:
       preservation_policy=ocp.checkpoint_managers.LatestN(keep),
       create=True,
       cleanup_tmp_directories=True,
-      enable_async_checkpointing=True,
+      # Synchronous: with orbax 0.12.8 on this machine, async saves intermittently lost their
+      # temporary item directories before the commit ("Checkpoint directory does not exist"),
+      # i.e. a written checkpoint could silently fail. A blocking save costs seconds per save.
+      enable_async_checkpointing=False,
   )
   return ocp.CheckpointManager(directory, item_names=ITEMS, options=options)
 
@@ -105,7 +108,7 @@ def structure_fingerprint(tree) -> str:
 
 
 def save(manager: ocp.CheckpointManager, step: int, *, state, extras, meta: Dict[str, Any]):
-  """Saves one checkpoint (asynchronously; call ``manager.wait_until_finished()`` to block).
+  """Saves one checkpoint; returns when it is on disk.
 
   Every process must call this with identical (replicated) ``state`` and ``extras``.
   """
