@@ -55,6 +55,9 @@ def plot_accuracy_vs_sparsity(records, path: str) -> bool:
   methods = collections.OrderedDict()
   for runs in _by_cell(main).values():
     methods.setdefault(runs[0]["method"], []).append(runs)
+  sparse_methods = [m for m, cells in methods.items()
+                    if any(runs[0]["target_sparsity"] > 0 for runs in cells)]
+  ticks = set()
   for method, cells in methods.items():
     points = sorted((runs[0]["target_sparsity"], *_mean_std(r["test_accuracy"] for r in runs))
                     for runs in cells)
@@ -64,7 +67,11 @@ def plot_accuracy_vs_sparsity(records, path: str) -> bool:
       ax.axhspan(100 * (mean - std), 100 * (mean + std), color=line.get_color(), alpha=0.2)
     if sparse:
       x, mean, std = (np.array(v) for v in zip(*sparse))
-      ax.errorbar(100 * x, 100 * mean, yerr=100 * std, marker="o", capsize=3, label=method)
+      ticks.update(100 * x)
+      # Methods side by side around each sparsity, so equal means keep both error bars visible.
+      shift = 0.12 * (sparse_methods.index(method) - (len(sparse_methods) - 1) / 2)
+      ax.errorbar(100 * x + shift, 100 * mean, yerr=100 * std, marker="o", capsize=3, label=method)
+  ax.set_xticks(sorted(ticks))
   ax.set_xlabel("sparsity (%)")
   ax.set_ylabel("test accuracy (%)")
   ax.set_title("Test accuracy vs sparsity (mean ± std over seeds)")

@@ -2,7 +2,8 @@
 
     python experiments/sweep.py --grid experiments/grids/fashion_mnist_study.py --parallel 2
     python experiments/plot.py --results experiments/results/fashion_mnist_study \
-        --out docs/figures/fashion_mnist_study
+        --out docs/figures/fashion_mnist_study \
+        --layer_order dense1/kernel,dense2/kernel,classifier/kernel
 
 Model: LeNet-300-100 (266k weights), 10 epochs, batch 128, SGD + Nesterov momentum 0.9, cosine
 learning rate from 0.1, weight decay 1e-4: the recipe of `configs/fashion_mnist_quickstart.py`,
