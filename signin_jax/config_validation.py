@@ -1,0 +1,145 @@
+"""Checks a training config before anything is built or compiled.
+
+Every problem raises ``ValueError`` naming the field (``config.<field>``), the value given and
+what is allowed. :func:`validate_config` needs nothing but the config; :func:`validate_environment`
+also checks it against the devices and the data on this machine.
+"""
+
+import numbers
+import re
+from typing import Any, Iterable
+
+from signin_jax import input_pipeline
+from signin_jax import masks as masks_lib
+from signin_jax import models
+from signin_jax import signin
+
+PARALLELISM = ("jit", "pmap")
+DTYPES = ("float32", "bfloat16")
+LR_SCHEDULES = ("cosine", "step")
+
+
+def _fail(field: str, value: Any, allowed: str):
+  raise ValueError(f"config.{field}={value!r} is invalid: {allowed}.")
+
+
+def _one_of(config, field: str, allowed: Iterable[str]):
+  value = _get(config, field)
+  allowed = tuple(allowed)
+  if value not in allowed:
+    _fail(field, value, f"must be one of {', '.join(map(repr, allowed))}")
+
+
+def _get(config, field: str):
+  node = config
+  for part in field.split("."):
+    if part not in node:
+      raise ValueError(f"config.{field} is missing; start configs from configs/default.py.")
+    node = node[part]
+  return node
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _number(config, field, *, low=None, high=None, low_open=False, high_open=False,
+            integer=False):
+  value = _get(config, field)
+  ok = _is_int(value) if integer else _is_number(value)
+  if ok and low is not None:
+    ok = value > low if low_open else value >= low
+  if ok and high is not None:
+    ok = value < high if high_open else value <= high
+  if not ok:
+    kind = "an integer" if integer else "a number"
+    lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+    hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+    _fail(field, value, f"must be {kind} {' and '.join(b for b in (lo, hi) if b)}".rstrip())
+
+
+def _boolean(config, field):
+  value = _get(config, field)
+  if not isinstance(value, bool):
+    _fail(field, value, "must be True or False")
+
+
+def validate_config(config) -> None:
+  """Static checks of every field the trainer reads."""
+  _one_of(config, "model", models.MODEL_NAMES)
+  _one_of(config, "dataset", sorted(input_pipeline.DATASETS))
+  width = _get(config, "width")
+  if width is not None and not (_is_int(width) and width > 0):
+    _fail("width", width, "must be None (the model's default) or a positive integer")
+
+  _number(config, "num_train_steps", integer=True)
+  if config.num_train_steps <= 0 and config.num_train_steps != -1:
+    _fail("num_train_steps", config.num_train_steps,
+          "must be -1 (derive from num_epochs) or a positive integer")
+  if config.num_train_steps == -1:
+    _number(config, "num_epochs", low=0, low_open=True)
+  _number(config, "batch_size", low=1, integer=True)
+
+  _number(config, "learning_rate", low=0)
+  _one_of(config, "lr_schedule", LR_SCHEDULES)
+  epochs = _get(config, "lr_step_epochs")
+  if (not isinstance(epochs, (tuple, list)) or not all(_is_number(e) and e >= 0 for e in epochs)
+      or list(epochs) != sorted(epochs)):
+    _fail("lr_step_epochs", epochs, "must be an increasing sequence of non-negative epochs")
+  _number(config, "lr_step_factor", low=0, low_open=True)
+  _number(config, "warmup_epochs", low=0)
+  _number(config, "momentum", low=0, high=1, high_open=True)
+  _boolean(config, "nesterov")
+  _number(config, "weight_decay", low=0)
+  _number(config, "label_smoothing", low=0, high=1, high_open=True)
+  _number(config, "seed", integer=True)
+
+  _number(config, "sparsity", low=0, high=1, high_open=True)
+  _one_of(config, "mask.method", masks_lib.METHODS)
+  _one_of(config, "mask.distribution", masks_lib.DISTRIBUTIONS)
+  _one_of(config, "mask.scope", masks_lib.SCOPES)
+  dense_layers = _get(config, "mask.dense_layers")
+  if isinstance(dense_layers, str) or not isinstance(dense_layers, (tuple, list)):
+    _fail("mask.dense_layers", dense_layers, "must be a tuple of regular expressions")
+  for pattern in dense_layers:
+    try:
+      re.compile(pattern)
+    except (re.error, TypeError) as e:
+      _fail("mask.dense_layers", dense_layers, f"must be regular expressions; {pattern!r} is not ({e})")
+  _boolean(config, "mask.sparsity_aware_init")
+
+  _boolean(config, "signin.enabled")
+  _number(config, "signin.beta", low=0)
+  _number(config, "signin.reset_every_epochs", low=0, integer=True)
+  _one_of(config, "signin.inner_state_at_reset", signin.INNER_STATE_AT_RESET)
+
+  _one_of(config, "parallelism", PARALLELISM)
+  _one_of(config, "dtype", DTYPES)
+  _boolean(config, "distributed")
+  _number(config, "eval_every_epochs", low=1, integer=True)
+  _number(config, "log_every_steps", low=1, integer=True)
+  _number(config, "checkpoint_every_steps", low=1, integer=True)
+  _number(config, "keep_checkpoints", low=1, integer=True)
+
+
+def validate_environment(config, *, device_count: int) -> None:
+  """Checks that depend on this machine: the device count and the prepared dataset."""
+  if config.batch_size % device_count:
+    _fail("batch_size", config.batch_size,
+          f"must be divisible by the number of devices ({device_count}), e.g. "
+          f"{max(device_count, config.batch_size // device_count * device_count)}")
+  try:
+    input_pipeline.check_dataset(config.dataset, config.data_dir)
+  except ValueError as e:  # ImageNet: neither prepared nor in the manual dir.
+    raise ValueError(f"config.dataset={config.dataset!r} is not available: {e}") from e
+  if not input_pipeline.is_readable(config.dataset, config.data_dir):
+    where = config.data_dir or "TFDS's default data_dir (~/tensorflow_datasets)"
+    raise ValueError(
+        f"config.dataset={config.dataset!r} is not prepared in {where}: run "
+        f"`python -m signin_jax.prepare_data {config.dataset}"
+        f"{' --data_dir=' + config.data_dir if config.data_dir else ''}` (main.py does this "
+        "itself), or set config.data_dir to where it is prepared.")

@@ -1,0 +1,745 @@
+"""Training and evaluation: dense baselines, pruning at init (PaI) and Sign-In through one path.
+
+    python main.py --config=configs/fashion_mnist_quickstart.py --workdir=workdirs/quickstart
+
+:func:`train_and_evaluate` composes the library's pieces; runs differ only in the optimizer::
+
+    inner = inject_hyperparams(add_decayed_weights(weight_decay) -> sgd(schedule, momentum))
+    tx    = with_static_mask(sign_in(inner, beta, reset_every), masks)   # Sign-In on a sparse mask
+          | with_static_mask(inner, masks)                               # plain PaI
+          | sign_in(inner, ...) or inner                                 # dense (sparsity 0)
+
+so every comparison is like for like. ``train_step`` and ``eval_step`` are pure functions written
+once; :func:`make_parallelism` wraps them either with ``jax.pmap`` (state replicated per device,
+batch reshaped to ``[devices, per_device, ...]``, gradients and BatchNorm statistics averaged over
+the axis ``'batch'``) or with ``jax.jit`` over a ``Mesh(jax.devices(), ('data',))`` (state
+replicated, batch sharded along ``'data'``; XLA inserts the reductions). Both compute the update
+of the same global batch.
+
+Multi-host: each process reads its own slice of every global batch, all processes run the same
+steps, only process 0 writes logs, summaries and exports; checkpoints are written collectively by
+orbax. Determinism: the data pipeline is a function of (seed, step), the per-step RNG is
+``fold_in(rng, step)``, so a run resumed from a checkpoint at step s continues exactly (bitwise)
+as the uninterrupted run would have.
+
+Outputs in ``workdir``: ``checkpoints/``, TensorBoard event files, ``metrics.jsonl``,
+``config.json``, and at the end ``summary.json`` and ``final_weights.npz`` (theta, the trained
+sparse weights, plus BatchNorm statistics).
+"""
+
+import collections
+import functools
+import json
+import logging as logging_std
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional
+
+from absl import logging
+import flax
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from signin_jax import checkpointing
+from signin_jax import config_validation
+from signin_jax import input_pipeline
+from signin_jax import masks as masks_lib
+from signin_jax import metrics
+from signin_jax import models
+from signin_jax import signin
+
+PMAP_AXIS = "batch"
+MESH_AXIS = "data"
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+# --------------------------------------------------------------------------------------------
+# Processes and devices.
+
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """Joins the multi-process job when ``config.distributed`` is set (one process per host).
+
+  ``jax.distributed.initialize()`` without arguments detects the cluster (Cloud TPU, SLURM,
+  Open MPI, ...); it must run before anything touches the devices.
+  """
+  if config.distributed and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer.
+
+def learning_rate_schedule(config, *, steps_per_epoch: int, num_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to ``config.learning_rate``, then cosine decay to 0 or steps.
+
+  'cosine': ``lr(t) = lr * (1 + cos(pi (t - warmup) / (num_steps - warmup))) / 2``.
+  'step':   ``lr(t) = lr * lr_step_factor ** #{e in lr_step_epochs : t >= e * steps_per_epoch}``.
+  """
+  warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), num_steps)
+  peak = config.learning_rate
+  if config.lr_schedule == "cosine":
+    main = optax.cosine_decay_schedule(peak, decay_steps=max(num_steps - warmup, 1))
+  else:
+    boundaries = {int(round(e * steps_per_epoch)) - warmup: config.lr_step_factor
+                  for e in config.lr_step_epochs}
+    main = optax.piecewise_constant_schedule(peak, {b: f for b, f in boundaries.items() if b > 0})
+  if warmup == 0:
+    return main
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, transition_steps=warmup), main], boundaries=[warmup])
+
+
+def _decay_kernels(params):
+  # Weight decay acts on conv/dense kernels (or both Sign-In factors of one), not on biases and
+  # normalization parameters.
+  return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def _sgd_with_weight_decay(learning_rate, weight_decay, momentum, nesterov):
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay, mask=_decay_kernels),
+      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+
+
+def create_optimizer(config, *, steps_per_epoch: int, num_steps: int,
+                     masks=None) -> optax.GradientTransformation:
+  """The run's optimizer; the three kinds of run share everything but the wrapping.
+
+  The SGD hyperparameters are injected (``optax.inject_hyperparams``) so the learning rate in
+  use is part of the optimizer state and can be logged (see :func:`current_learning_rate`).
+  """
+  inner = optax.inject_hyperparams(_sgd_with_weight_decay, static_args=("nesterov",))(
+      learning_rate=learning_rate_schedule(
+          config, steps_per_epoch=steps_per_epoch, num_steps=num_steps),
+      weight_decay=config.weight_decay, momentum=config.momentum, nesterov=config.nesterov)
+  tx = inner
+  if config.signin.enabled:
+    reset_every = config.signin.reset_every_epochs * steps_per_epoch or None
+    tx = signin.sign_in(tx, beta=config.signin.beta, reset_every=reset_every,
+                        inner_state_at_reset=config.signin.inner_state_at_reset)
+  if masks is not None:
+    tx = masks_lib.with_static_mask(tx, masks)
+  return tx
+
+
+_INJECT_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+
+
+def current_learning_rate(opt_state) -> jax.Array:
+  """The learning rate of the last update, read from the injected hyperparameters."""
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, _INJECT_STATES))
+           if isinstance(s, _INJECT_STATES)]
+  if not found:
+    raise ValueError("The optimizer has no injected learning rate: build it with "
+                     "optax.inject_hyperparams (as create_optimizer does).")
+  return found[0].hyperparams["learning_rate"]
+
+
+# --------------------------------------------------------------------------------------------
+# Train and eval steps: pure, written once, wrapped by `make_parallelism`.
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def cross_entropy(logits, labels, *, num_classes: int, label_smoothing: float = 0.0):
+  """Per-example softmax cross-entropy against (optionally smoothed) one-hot labels, float32."""
+  targets = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def _variables(state: TrainState, params):
+  return {"params": params, "batch_stats": state.batch_stats} if state.batch_stats else {
+      "params": params}
+
+
+def train_step(state: TrainState, batch, *, apply_fn, tx, num_classes: int,
+               label_smoothing: float, axis_name: Optional[str] = None):
+  """One SGD step on ``batch``; returns ``(new_state, metrics)``.
+
+  With ``axis_name`` (inside ``pmap``) each device holds a slice of the global batch: the loss
+  is the device-local mean, so the global gradient is the ``pmean`` of the local ones.
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+  def loss_fn(params):
+    logits, new_model_state = apply_fn(
+        _variables(state, params), batch["image"], train=True, mutable=["batch_stats"],
+        rngs={"dropout": rng})
+    loss = jnp.mean(cross_entropy(logits, batch["label"], num_classes=num_classes,
+                                  label_smoothing=label_smoothing))
+    return loss, (logits, new_model_state)
+
+  (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+  if axis_name is not None:
+    grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      batch_stats=new_model_state.get("batch_stats", state.batch_stats),
+      opt_state=opt_state)
+  step_metrics = {"loss": loss, "accuracy": accuracy,
+                  "learning_rate": current_learning_rate(opt_state)}
+  return new_state, step_metrics
+
+
+def eval_step(state: TrainState, batch, *, apply_fn, num_classes: int,
+              axis_name: Optional[str] = None):
+  """Sums of loss and correct predictions over the real examples (``batch['mask'] == 1``)."""
+  logits = apply_fn(_variables(state, state.params), batch["image"], train=False)
+  weight = batch["mask"].astype(jnp.float32)
+  losses = cross_entropy(logits, batch["label"], num_classes=num_classes)
+  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+  sums = {"loss": jnp.sum(losses * weight), "correct": jnp.sum(correct * weight),
+          "count": jnp.sum(weight)}
+  if axis_name is not None:
+    sums = jax.lax.psum(sums, axis_name)
+  return sums
+
+
+# --------------------------------------------------------------------------------------------
+# Data parallelism.
+
+class Parallelism(NamedTuple):
+  """The step functions of one parallelism mode and how trees move in and out of it.
+
+  Canonical layout (checkpoints, initialisation): global arrays replicated over all devices of
+  all processes (``replicated``). The device layout is the canonical one for 'jit' and per-device
+  copies stacked on a leading axis for 'pmap'.
+  """
+  mode: str
+  replicated: NamedSharding
+  train_step: Callable  # (state, batch) -> (state, metrics), device layout.
+  eval_step: Callable  # (state, batch) -> sums, device layout.
+  put_batch: Callable  # This process's numpy batch -> device batch.
+  put_state: Callable  # Canonical -> device layout.
+  canonical: Callable  # Device layout -> canonical.
+  local: Callable  # Device layout -> numpy (one replica).
+
+
+def replicate_from_host(tree, sharding: NamedSharding):
+  """Global replicated arrays from numpy trees that are identical on every process."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def _local_replica(x) -> np.ndarray:
+  return np.asarray(x.addressable_data(0))
+
+
+def make_parallelism(mode: str, *, train_fn: Callable, eval_fn: Callable) -> Parallelism:
+  """Wraps ``train_fn(state, batch, axis_name=...)`` and ``eval_fn`` for 'jit' or 'pmap'."""
+  mesh = Mesh(np.asarray(jax.devices()), (MESH_AXIS,))
+  replicated = NamedSharding(mesh, P())
+  if mode == "jit":
+    data = NamedSharding(mesh, P(MESH_AXIS))
+    identity = lambda tree: tree
+    return Parallelism(
+        mode=mode, replicated=replicated,
+        train_step=jax.jit(train_fn, in_shardings=(replicated, data), out_shardings=replicated),
+        eval_step=jax.jit(eval_fn, in_shardings=(replicated, data), out_shardings=replicated),
+        put_batch=lambda batch: jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(data, x), batch),
+        put_state=identity, canonical=identity,
+        local=lambda tree: jax.tree.map(_local_replica, tree))
+  if mode != "pmap":
+    raise ValueError(f"parallelism must be 'jit' or 'pmap', got {mode!r}.")
+  local_devices = jax.local_devices()
+  num_local = len(local_devices)
+  stacked = NamedSharding(Mesh(np.asarray(local_devices), (PMAP_AXIS,)), P(PMAP_AXIS))
+
+  def put_batch(batch):
+    return jax.tree.map(lambda x: jax.device_put(
+        x.reshape((num_local, x.shape[0] // num_local) + x.shape[1:]), stacked), batch)
+
+  def put_state(tree):
+    return jax.tree.map(lambda x: jax.device_put(
+        np.broadcast_to(_local_replica(x), (num_local,) + x.shape), stacked), tree)
+
+  first = lambda x: _local_replica(x)[0]
+  return Parallelism(
+      mode=mode, replicated=replicated,
+      train_step=jax.pmap(functools.partial(train_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS),
+      eval_step=jax.pmap(functools.partial(eval_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS),
+      put_batch=put_batch, put_state=put_state,
+      canonical=lambda tree: replicate_from_host(jax.tree.map(first, tree), replicated),
+      local=lambda tree: jax.tree.map(first, tree))
+
+
+def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
+  """Keeps ``size`` items of ``iterator`` in flight (device transfers overlap the step)."""
+  queue = collections.deque()
+  for item in iterator:
+    queue.append(item)
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+# --------------------------------------------------------------------------------------------
+# Preemption (SIGTERM) and finiteness.
+
+class _PreemptionWatch:
+  """Reports, at step boundaries, that the job was asked to stop (SIGTERM / preemption notice).
+
+  Single process: a SIGTERM handler sets a flag. Multi-process: JAX's preemption service
+  (started by ``jax.distributed.initialize``) receives the notice and picks one step at which
+  every process sees True, so all of them save the same checkpoint.
+  """
+
+  def __init__(self):
+    self._requested = threading.Event()
+    self._previous = None
+    self._installed = False
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._installed = True
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._requested.set()
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested.is_set()
+
+  def close(self):
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._installed = False
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a non-finite loss or state; nothing after the last good step is saved."""
+
+
+# --------------------------------------------------------------------------------------------
+# Model, masks and the initial state.
+
+def _compute_dtype(config):
+  return COMPUTE_DTYPES[config.dtype]
+
+
+def create_model(config, *, num_classes: int):
+  return models.get_model(
+      config.model, num_classes=num_classes, width=config.width, dtype=_compute_dtype(config),
+      bn_axis_name=PMAP_AXIS if config.parallelism == "pmap" else None)
+
+
+def create_masks(config, key, params, *, apply_fn, batch_stats, input_shape,
+                 sample_batch: Callable):
+  """The run's static masks (bool pytree like params), or None for a dense run (sparsity 0).
+
+  Data-dependent scores (SNIP, GraSP) use the first training batch of process 0 (its slice of
+  the global batch); the masks are then broadcast so that every process trains the same ones.
+  """
+  if config.sparsity == 0.0:
+    return None
+  variables = lambda p: {"params": p, "batch_stats": batch_stats} if batch_stats else {
+      "params": p}
+  kwargs = {}
+  if config.mask.method in masks_lib.DATA_DEPENDENT_METHODS:
+
+    def loss_fn(p, batch):
+      logits = apply_fn(variables(p), batch["image"], train=False)
+      return jnp.mean(cross_entropy(logits, batch["label"], num_classes=logits.shape[-1]))
+
+    kwargs = dict(loss_fn=loss_fn, batch=sample_batch())
+  elif config.mask.method == "synflow":
+    kwargs = dict(apply_fn=lambda p, x: apply_fn(variables(p), x, train=False),
+                  input_shape=input_shape)
+  build = functools.partial(
+      masks_lib.create_masks, sparsity=config.sparsity, method=config.mask.method,
+      distribution=config.mask.distribution, scope=config.mask.scope,
+      dense=tuple(config.mask.dense_layers))
+  if config.mask.method == "synflow":  # Checks its rounds' values on the host: not jittable.
+    masks = build(key, params, **kwargs)
+  else:  # One compilation instead of a few per layer when run op by op.
+    batch = kwargs.pop("batch", None)
+    masks = jax.jit(lambda k, p, b: build(k, p, batch=b, **kwargs))(key, params, batch)
+  if jax.process_count() > 1:
+    masks = multihost_utils.broadcast_one_to_all(masks)
+  return masks
+
+
+def _masks_from_layers(template, layers: Dict[str, np.ndarray]):
+  """Masks like ``template`` with the prunable layers' masks taken from ``layers`` (a
+  checkpoint's ``{layer_name: mask}``); the other leaves (all True) stay as they are."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, m: jnp.asarray(layers.get(metrics.layer_name(path), m), bool), template)
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop.
+
+def _flat_config(config) -> Dict[str, Any]:
+  flat = {}
+
+  def visit(prefix, node):
+    for key, value in node.items():
+      name = f"{prefix}{key}"
+      if isinstance(value, (dict, ml_collections.ConfigDict)):
+        visit(name + ".", value)
+      else:
+        flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+
+  visit("", config.to_dict())
+  return flat
+
+
+def _write_json_atomically(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _save_npz_atomically(path: str, arrays: Dict[str, np.ndarray]) -> None:
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def evaluate(parallelism: Parallelism, state, config) -> Dict[str, float]:
+  """Test loss and accuracy over every test example exactly once."""
+  totals = None
+  for batch in input_pipeline.eval_iterator(
+      config.dataset, global_batch_size=config.batch_size, data_dir=config.data_dir,
+      process_index=jax.process_index(), process_count=jax.process_count()):
+    sums = parallelism.eval_step(state, parallelism.put_batch(batch))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = parallelism.local(totals)
+  count = float(totals["count"])
+  return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,
+          "count": int(count)}
+
+
+class _DropInfoFrom(logging_std.Filter):
+  """Drops INFO (and lower) records logged from files under ``path_fragment``."""
+
+  def __init__(self, path_fragment: str):
+    super().__init__()
+    self.path_fragment = path_fragment
+
+  def filter(self, record):
+    return record.levelno > logging_std.INFO or self.path_fragment not in record.pathname
+
+
+def _quiet_orbax_info_logs() -> None:
+  # Orbax logs several INFO lines per save; keep its warnings and errors only.
+  absl_logger = logging.get_absl_logger()
+  if not any(isinstance(f, _DropInfoFrom) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropInfoFrom(os.sep + "orbax" + os.sep))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains ``config`` in ``workdir`` (resuming from its checkpoints) and evaluates it.
+
+  Returns the summary also written to ``workdir/summary.json``; if the run was asked to stop
+  (SIGTERM / preemption) it saves a checkpoint and returns ``{'preempted': True, 'step': s}``.
+
+  Raises:
+    ValueError: invalid config (before anything is compiled).
+    NonFiniteLossError: the loss or the state became non-finite; the last good checkpoint stays.
+  """
+  config_validation.validate_config(config)
+  _quiet_orbax_info_logs()
+  initialize_distributed(config)
+  config_validation.validate_environment(config, device_count=jax.device_count())
+  started = time.time()
+  is_main = jax.process_index() == 0
+  workdir = os.path.abspath(workdir)
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    _write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())
+
+  dataset = input_pipeline.DATASETS[config.dataset]
+  steps_per_epoch = input_pipeline.steps_per_epoch(
+      config.dataset, config.batch_size, data_dir=config.data_dir,
+      process_count=jax.process_count())
+  num_steps = (config.num_train_steps if config.num_train_steps > 0
+               else int(np.ceil(config.num_epochs * steps_per_epoch)))
+  data_kwargs = dict(data_dir=config.data_dir, process_index=jax.process_index(),
+                     process_count=jax.process_count())
+
+  # Model, masks, optimizer and the initial state (all deterministic functions of the seed).
+  model = create_model(config, num_classes=dataset.num_classes)
+  input_shape = (1,) + tuple(dataset.image_shape)
+  init_key, mask_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      {"params": init_key}, jnp.zeros(input_shape, jnp.float32))
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+
+  def sample_batch():
+    return next(input_pipeline.train_iterator(
+        config.dataset, global_batch_size=config.batch_size, seed=config.seed, **data_kwargs))
+
+  masks = create_masks(config, mask_key, params, apply_fn=model.apply, batch_stats=batch_stats,
+                       input_shape=input_shape, sample_batch=sample_batch)
+  tx = create_optimizer(config, steps_per_epoch=steps_per_epoch, num_steps=num_steps, masks=masks)
+
+  @jax.jit
+  def initial_params_and_opt_state(params, masks):
+    if masks is not None:
+      if config.mask.sparsity_aware_init:
+        params = masks_lib.sparsity_aware_init(params, masks)
+      params = masks_lib.apply_mask(params, masks)
+    return params, tx.init(params)
+
+  params, opt_state = initial_params_and_opt_state(params, masks)
+  state = TrainState(step=jnp.zeros([], jnp.int32), params=params, batch_stats=batch_stats,
+                     opt_state=opt_state, rng=train_key)
+  tracked = metrics.by_layer(masks_lib.prunable(params))
+  tracked = [name for name, is_prunable in tracked.items() if is_prunable]
+  weights = {k: v for k, v in metrics.by_layer(jax.device_get(params)).items() if k in tracked}
+  mask_layers = ({k: v for k, v in metrics.by_layer(jax.device_get(masks)).items()
+                  if k in tracked} if masks is not None else {})
+  extras = {"masks": mask_layers,
+            "init_signs": metrics.signs(weights), "epoch_signs": metrics.signs(weights)}
+
+  # Resume from the newest intact checkpoint, if any.
+  mesh = Mesh(np.asarray(jax.devices()), (MESH_AXIS,))
+  replicated = NamedSharding(mesh, P())
+  canonical_state = replicate_from_host(jax.device_get(state), replicated)
+  canonical_extras = replicate_from_host(extras, replicated)
+  manager = checkpointing.create_manager(os.path.join(workdir, "checkpoints"),
+                                         keep=config.keep_checkpoints)
+  restored = checkpointing.restore_latest_good(
+      manager, state_target=canonical_state, extras_target=canonical_extras,
+      quarantine_dir=os.path.join(workdir, "checkpoints_corrupt"))
+  elapsed_before = 0.0
+  if restored is not None:
+    canonical_state, canonical_extras = restored.state, restored.extras
+    elapsed_before = float(restored.meta.get("elapsed_seconds", 0.0))
+    logging.info("Resuming from the checkpoint at step %d.", restored.step)
+    if masks is not None:
+      saved = jax.tree.map(_local_replica, canonical_extras["masks"])
+      if any(not np.array_equal(saved[k], v) for k, v in extras["masks"].items()):
+        logging.warning("The masks computed now differ from the checkpoint's; continuing with "
+                        "the checkpoint's masks.")
+      masks = _masks_from_layers(masks, saved)
+      tx = create_optimizer(config, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
+                            masks=masks)
+  host_extras = jax.tree.map(_local_replica, canonical_extras)
+  mask_layers = host_extras["masks"]
+
+  step_kwargs = dict(apply_fn=model.apply, num_classes=dataset.num_classes)
+  parallelism = make_parallelism(
+      config.parallelism,
+      train_fn=functools.partial(train_step, tx=tx, label_smoothing=config.label_smoothing,
+                                 **step_kwargs),
+      eval_fn=functools.partial(eval_step, **step_kwargs))
+  state = parallelism.put_state(canonical_state)
+  start_step = int(parallelism.local(state.step))
+
+  writer = metrics.create_writer(workdir, is_main_process=is_main)
+  if is_main:
+    if masks is not None:
+      positions = models.output_positions(model, variables, input_shape)
+      logging.info("Per-layer density:\n%s", masks_lib.format_summary(
+          masks_lib.summary(params, masks, positions=positions)))
+    logging.info("Training %s on %s for %d steps (%d per epoch, global batch %d) on %d %s "
+                 "device(s), %d process(es), parallelism=%s, dtype=%s; %d parameters.",
+                 config.model, config.dataset, num_steps, steps_per_epoch, config.batch_size,
+                 jax.device_count(), jax.devices()[0].platform, jax.process_count(),
+                 config.parallelism, config.dtype, models.count_params(params))
+    if start_step == 0:
+      writer.write_hparams(_flat_config(config))
+
+  def save_checkpoint(step: int) -> None:
+    canonical = parallelism.canonical(state)
+    if not bool(_local_replica(_all_finite(canonical))):
+      raise NonFiniteLossError(_non_finite_message(step, "the training state", manager))
+    checkpointing.save(manager, step, state=canonical, extras=canonical_extras, meta={
+        "data_position": step, "epoch": step / steps_per_epoch,
+        "elapsed_seconds": elapsed_before + time.time() - started})
+
+  preemption = _PreemptionWatch()
+  pending = []  # Device metrics of steps not yet fetched.
+  log_buffer = []  # Host metrics since the last progress line.
+  timer = {"time": time.time(), "step": start_step}
+  last_eval: Optional[Dict[str, float]] = None
+
+  def fetch_metrics(step: int) -> None:
+    """Fetches pending step metrics; stops the run at the first non-finite loss."""
+    first = step - len(pending) + 1
+    for offset, m in enumerate(parallelism.local(pending)):
+      if not np.isfinite(m["loss"]):
+        manager.wait_until_finished()
+        raise NonFiniteLossError(_non_finite_message(first + offset, f"the loss ({m['loss']})",
+                                                     manager))
+      log_buffer.append(m)
+    pending.clear()
+
+  try:
+    train_iter = prefetch(map(parallelism.put_batch, input_pipeline.train_iterator(
+        config.dataset, global_batch_size=config.batch_size, seed=config.seed,
+        start_step=start_step, **data_kwargs)))
+    for step in range(start_step + 1, num_steps + 1):
+      state, step_metrics = parallelism.train_step(state, next(train_iter))
+      pending.append(step_metrics)
+      if step == start_step + 1:
+        jax.block_until_ready(step_metrics)
+        logging.info("First step (compilation included) took %.1f s.",
+                     time.time() - timer["time"])
+        timer.update(time=time.time(), step=step)
+      is_last = step == num_steps
+      epoch_end = step % steps_per_epoch == 0
+      preempted = preemption.requested(step)
+      save_now = step % config.checkpoint_every_steps == 0 or is_last or preempted
+      log_now = step % config.log_every_steps == 0 or is_last
+      if not (log_now or save_now or epoch_end):
+        continue
+      fetch_metrics(step)
+
+      if log_now and log_buffer:
+        now = time.time()
+        steps_done = max(step - timer["step"], 1)
+        seconds_per_step = (now - timer["time"]) / steps_done
+        scalars = {"train_loss": float(np.mean([m["loss"] for m in log_buffer])),
+                   "train_accuracy": float(np.mean([m["accuracy"] for m in log_buffer])),
+                   "learning_rate": float(log_buffer[-1]["learning_rate"]),
+                   "images_per_sec": config.batch_size / max(seconds_per_step, 1e-9),
+                   "epoch": step / steps_per_epoch}
+        writer.write_scalars(step, scalars)
+        if is_main:
+          logging.info(metrics.format_progress(
+              step=step, num_steps=num_steps, epoch=scalars["epoch"], loss=scalars["train_loss"],
+              accuracy=scalars["train_accuracy"], learning_rate=scalars["learning_rate"],
+              images_per_sec=scalars["images_per_sec"],
+              eta_seconds=(num_steps - step) * seconds_per_step))
+        log_buffer.clear()
+        timer.update(time=now, step=step)
+
+      if epoch_end or is_last:
+        epoch = step // steps_per_epoch
+        host_weights = metrics.by_layer(parallelism.local(state.params))
+        host_weights = {k: host_weights[k] for k in tracked}
+        flips_init = metrics.sign_flip_fractions(host_weights, host_extras["init_signs"],
+                                                 mask_layers)
+        flips_prev = metrics.sign_flip_fractions(host_weights, host_extras["epoch_signs"],
+                                                 mask_layers)
+        scalars = {**metrics.prefixed("sign_flips_vs_init", flips_init),
+                   **metrics.prefixed("sign_flips_vs_prev_epoch", flips_prev)}
+        beta_line = ""
+        if config.signin.enabled:
+          betas = mean_signin_betas(parallelism.local(state), mask_layers)
+          scalars.update(metrics.prefixed("beta", betas))
+          beta_line = f", mean beta {betas[metrics.TOTAL]:.4f}"
+        if epoch_end:
+          host_extras["epoch_signs"] = metrics.signs(host_weights)
+          canonical_extras = dict(canonical_extras, epoch_signs=replicate_from_host(
+              host_extras["epoch_signs"], parallelism.replicated))
+        if epoch_end and epoch % config.eval_every_epochs == 0 or is_last:
+          last_eval = evaluate(parallelism, state, config)
+          last_eval["step"] = step
+          scalars.update({"test_loss": last_eval["loss"], "test_accuracy": last_eval["accuracy"]})
+        writer.write_scalars(step, scalars)
+        if is_main:
+          test_line = (f", test accuracy {last_eval['accuracy']:.4f}"
+                       if last_eval and last_eval["step"] == step else "")
+          logging.info("Epoch %.2f (step %d): sign flips vs init %.4f, vs previous epoch %.4f%s%s.",
+                       step / steps_per_epoch, step, flips_init[metrics.TOTAL],
+                       flips_prev[metrics.TOTAL], beta_line, test_line)
+        timer.update(time=time.time(), step=step)  # Keep eval time out of images/s and ETA.
+
+      if save_now:
+        save_checkpoint(step)
+      if preempted and not is_last:
+        manager.wait_until_finished()
+        writer.flush()
+        logging.warning("Stop requested (SIGTERM/preemption): saved the checkpoint at step %d "
+                        "in %s; rerun the same command to resume.", step, manager.directory)
+        return {"preempted": True, "step": step}
+
+    manager.wait_until_finished()
+    if last_eval is None or last_eval["step"] != num_steps:
+      last_eval = evaluate(parallelism, state, config)
+      last_eval["step"] = num_steps
+    summary = _final_summary(config, parallelism, state, tracked, host_extras, mask_layers,
+                             last_eval, wall_time=elapsed_before + time.time() - started,
+                             num_steps=num_steps)
+    if is_main:
+      _write_json_atomically(os.path.join(workdir, "summary.json"), summary)
+      arrays = {f"params/{k}": v for k, v in
+                metrics.by_layer(parallelism.local(state.params)).items()}
+      arrays.update({f"batch_stats/{k}": v for k, v in
+                     metrics.by_layer(parallelism.local(state.batch_stats)).items()})
+      _save_npz_atomically(os.path.join(workdir, "final_weights.npz"), arrays)
+      logging.info("Done: test accuracy %.4f, sparsity of prunable layers %.4f (measured on the "
+                   "final weights), sign flips vs init %.4f, wall time %s. Summary: %s",
+                   summary["test_accuracy"], summary["sparsity"][metrics.TOTAL]["sparsity"],
+                   summary["sign_flips_vs_init"][metrics.TOTAL],
+                   metrics.format_duration(summary["wall_time_seconds"]),
+                   os.path.join(workdir, "summary.json"))
+    return summary
+  finally:
+    preemption.close()
+    writer.close()
+    manager.close()
+
+
+_factor_betas = jax.jit(signin.factor_betas)
+
+
+def mean_signin_betas(local_state: TrainState, mask_layers) -> Dict[str, float]:
+  """Per reparameterized layer: mean of m**2 - w**2 over unmasked entries."""
+  signin_state = signin.find_signin_state(local_state.opt_state)
+  betas = jax.device_get(_factor_betas(local_state.params, signin_state))
+  return metrics.mean_betas(metrics.by_layer(betas), mask_layers)
+
+
+def _non_finite_message(step: int, what: str, manager) -> str:
+  latest = manager.latest_step()
+  kept = (f"the last good checkpoint (step {latest}) in {manager.directory} is kept"
+          if latest is not None else "no checkpoint had been written yet")
+  return (f"Training stopped: {what} became non-finite at step {step}; {kept} and nothing "
+          "later is saved. Lower config.learning_rate, or use config.dtype='float32' if "
+          "training in bfloat16.")
+
+
+def _final_summary(config, parallelism, state, tracked, host_extras, mask_layers, last_eval, *,
+                   wall_time: float, num_steps: int) -> Dict[str, Any]:
+  weights = metrics.by_layer(parallelism.local(state.params))
+  tracked_weights = {k: weights[k] for k in tracked}
+  return {
+      "test_accuracy": last_eval["accuracy"],
+      "test_loss": last_eval["loss"],
+      "test_examples": last_eval["count"],
+      "steps": num_steps,
+      "sparsity": metrics.measured_sparsity(tracked_weights),
+      "sign_flips_vs_init": metrics.sign_flip_fractions(
+          tracked_weights, host_extras["init_signs"], mask_layers),
+      "wall_time_seconds": wall_time,
+      "devices": jax.device_count(),
+      "processes": jax.process_count(),
+      "platform": jax.devices()[0].platform,
+      "config": config.to_dict(),
+  }

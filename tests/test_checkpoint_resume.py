@@ -1,0 +1,224 @@
+"""Checkpoints: SIGKILL/SIGTERM and resume bitwise, corrupt checkpoints, non-finite losses.
+
+The runs are tiny (LeNet-300-100 at width 1/8 on mock Fashion-MNIST, batch 8) and short, so
+each whole run takes seconds; the killed runs are separate processes.
+"""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import fashion_mnist_quickstart
+from signin_jax import checkpointing
+from signin_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MOCK_EXAMPLES = 64
+NUM_STEPS = 60
+CHECKPOINT_EVERY = 5
+
+
+def tiny_config():
+  config = fashion_mnist_quickstart.get_config()
+  config.model = "lenet300_100"
+  config.width = 8
+  config.batch_size = 8
+  config.num_train_steps = NUM_STEPS
+  config.checkpoint_every_steps = CHECKPOINT_EVERY
+  config.log_every_steps = 20
+  config.keep_checkpoints = 3
+  config.data_dir = None
+  return config
+
+
+def run_in_process(workdir, config=None):
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    return train.train_and_evaluate(config or tiny_config(), str(workdir))
+
+
+_CHILD = textwrap.dedent(f"""
+    import sys
+    import tensorflow_datasets as tfds
+    sys.path.insert(0, {REPO!r})
+    from tests.test_checkpoint_resume import tiny_config
+    from signin_jax import train
+    with tfds.testing.mock_data(num_examples={MOCK_EXAMPLES}):
+      train.train_and_evaluate(tiny_config(), sys.argv[1])
+""")
+
+
+def start_child(workdir, log_path):
+  with open(log_path, "w") as log:  # A file, not a pipe: a full pipe would stall the child.
+    return subprocess.Popen([sys.executable, "-c", _CHILD, str(workdir)], cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for_checkpoint(proc, workdir, step, log_path, timeout=120):
+  path = os.path.join(workdir, "checkpoints", str(step))
+  deadline = time.time() + timeout
+  while not os.path.isdir(path):
+    if proc.poll() is not None:
+      raise AssertionError(f"child exited early:\n{open(log_path).read()[-3000:]}")
+    assert time.time() < deadline, "no checkpoint appeared"
+    time.sleep(0.01)
+
+
+def final_weights(workdir):
+  with np.load(os.path.join(workdir, "final_weights.npz")) as f:
+    return {k: f[k] for k in f.files}
+
+
+def assert_bitwise_equal(a, b):
+  assert sorted(a) == sorted(b)
+  for k in a:
+    assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted run: its final weights are what every interrupted run must reproduce."""
+  workdir = tmp_path_factory.mktemp("reference")
+  summary = run_in_process(workdir)
+  return {"workdir": str(workdir), "weights": final_weights(workdir), "summary": summary}
+
+
+def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_identical(reference, tmp_path):
+  workdir = str(tmp_path / "killed")
+  log_path = str(tmp_path / "child.log")
+  child = start_child(workdir, log_path)
+  wait_for_checkpoint(child, workdir, CHECKPOINT_EVERY, log_path)
+  assert child.poll() is None, "the run finished before it could be killed"
+  child.send_signal(signal.SIGKILL)
+  child.wait()
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert steps and steps[-1] < NUM_STEPS  # Killed mid-run ...
+  summary = run_in_process(workdir)  # ... and resumed with the same command.
+  assert_bitwise_equal(final_weights(workdir), reference["weights"])
+  assert summary["test_accuracy"] == reference["summary"]["test_accuracy"]
+  assert summary["sign_flips_vs_init"] == reference["summary"]["sign_flips_vs_init"]
+
+
+def test_sigterm_saves_a_checkpoint_and_returns_cleanly(reference, tmp_path):
+  workdir = str(tmp_path / "terminated")
+  checkpoint = os.path.join(workdir, "checkpoints", str(CHECKPOINT_EVERY))
+
+  def terminate_after_first_checkpoint():
+    while not os.path.isdir(checkpoint):
+      time.sleep(0.005)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  # The trainer handles SIGTERM while it runs; should the signal come later, ignore it here.
+  previous = signal.signal(signal.SIGTERM, lambda *_: None)
+  try:
+    threading.Thread(target=terminate_after_first_checkpoint, daemon=True).start()
+    result = run_in_process(workdir)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert result["preempted"] and CHECKPOINT_EVERY <= result["step"] < NUM_STEPS
+  # The stop step was saved (and finalized) before returning; no summary yet.
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(result["step"])))
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
+  run_in_process(workdir)
+  assert_bitwise_equal(final_weights(workdir), reference["weights"])
+
+
+def _corrupt_arrays(step_dir):
+  """Flips a byte in the middle of every array data file of the checkpoint's state."""
+  corrupted = 0
+  for root, _, files in os.walk(os.path.join(step_dir, "state")):
+    for name in files:
+      if os.sep + "d" in root:
+        path = os.path.join(root, name)
+        data = bytearray(open(path, "rb").read())
+        data[len(data) // 2] ^= 0xFF
+        open(path, "wb").write(bytes(data))
+        corrupted += 1
+  assert corrupted
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path, caplog):
+  workdir = str(tmp_path / "corrupt")
+  shutil.copytree(reference["workdir"], workdir)
+  for name in ("summary.json", "final_weights.npz"):
+    os.remove(os.path.join(workdir, name))
+  checkpoints = os.path.join(workdir, "checkpoints")
+  _corrupt_arrays(os.path.join(checkpoints, str(NUM_STEPS)))
+  os.makedirs(os.path.join(checkpoints, f"{NUM_STEPS + 5}.orbax-checkpoint-tmp-123"))  # Partial.
+  with caplog.at_level(logging.INFO):
+    run_in_process(workdir)
+  log = caplog.text
+  assert f"Checkpoint at step {NUM_STEPS} is corrupt" in log
+  assert f"Resuming from the checkpoint at step {NUM_STEPS - CHECKPOINT_EVERY}" in log
+  assert "Ignoring incomplete checkpoint" in log
+  moved = os.listdir(os.path.join(workdir, "checkpoints_corrupt"))
+  assert len(moved) == 1 and moved[0].startswith(f"{NUM_STEPS}.")  # Kept, not deleted.
+  assert_bitwise_equal(final_weights(workdir), reference["weights"])
+
+
+def _tiny_state(value):
+  return {"w": jnp.full((3, 2), value, jnp.float32), "step": jnp.array(int(value), jnp.int32)}
+
+
+def test_checksum_mismatch_and_structure_mismatch(tmp_path):
+  manager = checkpointing.create_manager(str(tmp_path / "ckpt"), keep=3)
+  for step in (1, 2):
+    checkpointing.save(manager, step, state=_tiny_state(step), extras={"m": jnp.ones(2, bool)},
+                       meta={"data_position": step})
+  manager.wait_until_finished()
+  meta_path = tmp_path / "ckpt" / "2" / "meta" / "metadata"
+  meta = json.loads(meta_path.read_text())
+  meta["checksums"]["state"][1] += 1  # As if one array no longer read back as written.
+  meta_path.write_text(json.dumps(meta))
+  messages = []
+  restored = checkpointing.restore_latest_good(
+      manager, state_target=_tiny_state(0), extras_target={"m": jnp.zeros(2, bool)},
+      quarantine_dir=str(tmp_path / "bad"), log=messages.append)
+  assert restored.step == 1 and float(restored.state["w"][0, 0]) == 1.0
+  assert len(messages) == 1 and "checksum mismatch" in messages[0]
+  assert manager.all_steps() == [1]
+  with pytest.raises(ValueError, match="different model"):
+    checkpointing.restore_latest_good(
+        manager, state_target={"w": jnp.zeros((4, 2))}, extras_target={"m": jnp.zeros(2, bool)},
+        quarantine_dir=str(tmp_path / "bad"))
+  assert manager.all_steps() == [1]  # A config mistake moves nothing.
+  manager.close()
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp_path):
+  config = tiny_config()
+  config.checkpoint_every_steps = 2
+  config.lr_schedule = "step"
+  # From step 7 on the learning rate is 1e30: the parameters blow up and the loss follows.
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    steps_per_epoch = train.input_pipeline.steps_per_epoch(config.dataset, config.batch_size)
+  config.lr_step_epochs = (6 / steps_per_epoch,)
+  config.lr_step_factor = 1e30 / config.learning_rate
+  workdir = tmp_path / "nan"
+  with pytest.raises(train.NonFiniteLossError, match="non-finite at step") as info:
+    run_in_process(workdir, config)
+  failed_at = int(str(info.value).split("non-finite at step ")[1].split(";")[0])
+  assert failed_at > 6
+  steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+  assert steps and steps[-1] < failed_at and f"step {steps[-1]}" in str(info.value)
+  manager = checkpointing.create_manager(str(workdir / "checkpoints"), keep=3)
+  for step in steps:  # Every checkpoint written holds a finite state.
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state)
+               if np.issubdtype(np.asarray(x).dtype, np.floating))
+  manager.close()
+  assert not os.path.exists(workdir / "summary.json")

@@ -1,0 +1,137 @@
+"""Configs and their validation: every shipped config is valid, every bad value is refused early."""
+
+import glob
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from signin_jax import config_validation
+from signin_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(
+    os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+    if not p.endswith("__init__.py"))
+
+
+def load(name):
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+def test_the_expected_configs_ship():
+  assert {"default", "cifar10_r20", "cifar100_r18", "imagenet_r50",
+          "fashion_mnist_quickstart"} <= set(CONFIG_FILES)
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_shipped_config_is_valid_and_documents_its_command(name):
+  config = load(name)
+  config_validation.validate_config(config)
+  doc = importlib.import_module(f"configs.{name}").__doc__
+  runnable = "configs/default.py" if name == "default" else f"configs/{name}.py"
+  assert "python main.py --config=" in doc
+  assert name == "default" or runnable in doc
+
+
+@pytest.mark.parametrize("name", ["cifar10_r20", "cifar100_r18", "imagenet_r50"])
+def test_paper_configs_state_provenance(name):
+  doc = importlib.import_module(f"configs.{name}").__doc__
+  assert "From the paper" in doc and "Our choice" in doc
+  assert "Not run on this machine" in doc
+
+
+def test_quickstart_is_signin_at_90_percent_with_random_erk_mask():
+  config = load("fashion_mnist_quickstart")
+  assert config.dataset == "fashion_mnist"
+  assert config.signin.enabled and config.sparsity == 0.9
+  assert (config.mask.method, config.mask.distribution) == ("random", "erk")
+  doc = importlib.import_module("configs.fashion_mnist_quickstart").__doc__
+  assert "Measured" in doc
+
+
+def test_main_applies_command_line_overrides_and_validates_them():
+  # --config.signin.beta reaches the nested field (else the run would start and fail later).
+  proc = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/cifar10_r20.py", "--workdir=/nonexistent",
+       "--config.sparsity=0.95", "--config.signin.beta=-2.0"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "config.signin.beta=-2.0 is invalid: must be a number >= 0" in proc.stderr
+  assert not os.path.exists("/nonexistent")
+
+
+BAD_VALUES = [
+    ("sparsity", 1.0, "sparsity"),
+    ("sparsity", -0.1, "sparsity"),
+    ("signin.beta", -1.0, "signin.beta"),
+    ("model", "resnet1000", "model"),
+    ("dataset", "mnist_in_colour", "dataset"),
+    ("mask.method", "lottery", "mask.method"),
+    ("mask.distribution", "zipf", "mask.distribution"),
+    ("parallelism", "pjit", "parallelism"),
+    ("dtype", "float16", "dtype"),
+    ("lr_schedule", "linear", "lr_schedule"),
+    ("num_train_steps", 0, "num_train_steps"),
+    ("signin.inner_state_at_reset", "zero", "signin.inner_state_at_reset"),
+    ("label_smoothing", 1.0, "label_smoothing"),
+    ("batch_size", 0, "batch_size"),
+    ("mask.dense_layers", ("conv[",), "mask.dense_layers"),
+]
+
+
+@pytest.mark.parametrize("field,value,named", BAD_VALUES)
+def test_invalid_values_name_the_field_and_what_is_allowed(field, value, named):
+  config = load("default")
+  with config.unlocked():
+    node = config
+    *parents, leaf = field.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  with pytest.raises(ValueError, match=f"config.{named}=") as info:
+    config_validation.validate_config(config)
+  message = str(info.value)
+  assert "must be" in message or "allowed" in message
+  if field in ("model", "dataset", "mask.method", "parallelism", "dtype"):
+    assert "one of" in message  # The allowed names are listed.
+
+
+def test_unknown_names_list_the_allowed_ones():
+  config = load("default")
+  config.parallelism = "pjit"
+  with pytest.raises(ValueError, match="'jit', 'pmap'"):
+    config_validation.validate_config(config)
+
+
+def test_batch_size_must_divide_over_devices():
+  config = load("default")
+  config.batch_size = 10
+  with pytest.raises(ValueError, match=r"config.batch_size=10 .*divisible by the number of "
+                                       r"devices \(4\)"):
+    config_validation.validate_environment(config, device_count=4)
+
+
+def test_missing_dataset_is_reported(tmp_path):
+  config = load("default")
+  config.data_dir = str(tmp_path)  # An empty TFDS data_dir: cifar10 is not prepared there.
+  with pytest.raises(ValueError, match="config.dataset='cifar10'"):
+    config_validation.validate_environment(config, device_count=1)
+
+
+def test_train_and_evaluate_validates_before_building_anything(tmp_path, monkeypatch):
+  def must_not_run(*args, **kwargs):
+    raise AssertionError("the model was built before the config was validated")
+
+  monkeypatch.setattr(train, "create_model", must_not_run)
+  config = load("default")
+  config.sparsity = 1.5
+  with pytest.raises(ValueError, match="config.sparsity=1.5"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  config = load("default")
+  config.data_dir = str(tmp_path / "empty")
+  with pytest.raises(ValueError, match="config.dataset="):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")

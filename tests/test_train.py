@@ -1,0 +1,321 @@
+"""The trainer: optimizer composition, the pure steps, data parallelism, metrics, end-to-end runs."""
+
+import functools
+import glob
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+
+from signin_jax import masks as masks_lib
+from signin_jax import metrics
+from signin_jax import models
+from signin_jax import signin
+from signin_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(name):
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+# --- Learning-rate schedules --------------------------------------------------------------------
+
+def test_cosine_schedule_with_linear_warmup():
+  config = load("default")
+  config.learning_rate, config.warmup_epochs, config.lr_schedule = 0.4, 1.0, "cosine"
+  lr = train.learning_rate_schedule(config, steps_per_epoch=10, num_steps=50)
+  np.testing.assert_allclose(
+      [lr(0), lr(5), lr(10), lr(30), lr(50)],
+      [0.0, 0.2, 0.4, 0.4 * (1 + math.cos(math.pi * 20 / 40)) / 2, 0.0], atol=1e-7)
+
+
+def test_step_schedule_counts_epochs_from_the_start_of_training():
+  config = load("default")
+  config.learning_rate, config.warmup_epochs, config.lr_schedule = 0.1, 1.0, "step"
+  config.lr_step_epochs, config.lr_step_factor = (2, 4), 0.1
+  lr = train.learning_rate_schedule(config, steps_per_epoch=10, num_steps=60)
+  np.testing.assert_allclose([lr(5), lr(10), lr(19), lr(20), lr(39), lr(40), lr(59)],
+                             [0.05, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+
+
+# --- One optimizer code path for dense, PaI and Sign-In ----------------------------------------
+
+def _tiny_params():
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  return {"dense": {"kernel": jax.random.normal(keys[0], (6, 4)), "bias": jnp.ones(4)},
+          "out": {"kernel": jax.random.normal(keys[1], (4, 3)), "bias": jnp.zeros(3)}}
+
+
+def _run_updates(tx, params, grads_seq):
+  state = tx.init(params)
+  for grads in grads_seq:
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+def _grads_seq(params, n=3):
+  return [jax.tree.map(lambda p, i=i: jnp.cos(p * (i + 1)) + 0.1 * i, params) for i in range(n)]
+
+
+def test_dense_optimizer_is_weight_decay_then_nesterov_sgd():
+  config = load("default")
+  config.sparsity, config.signin.enabled = 0.0, False
+  config.learning_rate, config.weight_decay, config.warmup_epochs = 0.05, 0.01, 0.0
+  tx = train.create_optimizer(config, steps_per_epoch=10, num_steps=100)
+  params = _tiny_params()
+  got, state = _run_updates(tx, params, _grads_seq(params))
+  schedule = train.learning_rate_schedule(config, steps_per_epoch=10, num_steps=100)
+  reference = optax.chain(
+      optax.add_decayed_weights(0.01, mask=jax.tree.map(lambda p: p.ndim > 1, params)),
+      optax.sgd(schedule, momentum=0.9, nesterov=True))
+  want, _ = _run_updates(reference, params, _grads_seq(params))
+  chex_close = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7)
+  jax.tree.map(chex_close, got, want)
+  assert signin.find_signin_state(state) is None
+  np.testing.assert_allclose(train.current_learning_rate(state), schedule(2), rtol=1e-6)
+
+
+def test_pai_and_signin_wrap_the_same_inner_optimizer():
+  config = load("default")
+  config.sparsity, config.weight_decay = 0.5, 0.0
+  params = _tiny_params()
+  masks = jax.tree.map(lambda p: (jnp.arange(p.size).reshape(p.shape) % 2 == 0)
+                       if p.ndim > 1 else jnp.ones(p.shape, bool), params)
+  params = masks_lib.apply_mask(params, masks)
+
+  config.signin.enabled = False
+  pai, pai_state = _run_updates(
+      train.create_optimizer(config, steps_per_epoch=10, num_steps=100, masks=masks), params,
+      _grads_seq(params))
+  config.signin.enabled = True
+  sgn, sgn_state = _run_updates(
+      train.create_optimizer(config, steps_per_epoch=10, num_steps=100, masks=masks), params,
+      _grads_seq(params))
+  for run in (pai, sgn):  # Masked entries stay exactly zero, kept entries move.
+    for name in ("dense", "out"):
+      kept = np.asarray(masks[name]["kernel"])
+      assert np.all(np.asarray(run[name]["kernel"])[~kept] == 0)
+      assert np.all(np.asarray(run[name]["kernel"])[kept] != np.asarray(params[name]["kernel"])[kept])
+  assert signin.find_signin_state(pai_state) is None
+  assert signin.find_signin_state(sgn_state) is not None
+  # Sign-In changes the kernels' trajectory (theta' = -(m^2 + w^2) g) but not the biases'.
+  assert not np.allclose(pai["dense"]["kernel"], sgn["dense"]["kernel"])
+  np.testing.assert_allclose(pai["dense"]["bias"], sgn["dense"]["bias"], rtol=1e-6)
+
+
+def test_signin_reset_period_is_in_epochs():
+  config = load("default")
+  config.sparsity, config.signin.reset_every_epochs = 0.0, 2
+  params = _tiny_params()
+  tx = train.create_optimizer(config, steps_per_epoch=3, num_steps=100)
+  state = tx.init(params)
+  grads = _grads_seq(params, 1)[0]
+  betas = []
+  for _ in range(6):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    beta = signin.factor_betas(params, signin.find_signin_state(state))["dense"]["kernel"]
+    betas.append(float(jnp.mean(beta)))
+  # Reset (beta back to exactly 1) after update 6 = 2 epochs of 3 steps, not before.
+  assert all(abs(b - 1.0) > 1e-6 for b in betas[:5])
+  np.testing.assert_allclose(betas[5], 1.0, rtol=1e-5)
+
+
+# --- The pure steps ------------------------------------------------------------------------------
+
+def test_cross_entropy_with_label_smoothing_matches_the_formula():
+  logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]])
+  labels = jnp.array([0, 1])
+  got = train.cross_entropy(logits, labels, num_classes=3, label_smoothing=0.3)
+  logp = jax.nn.log_softmax(logits)
+  targets = np.full((2, 3), 0.1) + 0.7 * np.eye(3)[[0, 1]]
+  np.testing.assert_allclose(got, -(targets * logp).sum(-1), rtol=1e-6)
+
+
+def _lenet(**kw):
+  return models.get_model("lenet300_100", num_classes=10, width=4, **kw)
+
+
+def _batch(n, seed=0, shape=(28, 28, 1)):
+  rng = np.random.RandomState(seed)
+  return {"image": rng.randn(n, *shape).astype(np.float32),
+          "label": rng.randint(0, 10, size=n).astype(np.int32)}
+
+
+def _state(model, tx, shape=(28, 28, 1)):
+  variables = model.init({"params": jax.random.PRNGKey(1)}, jnp.zeros((1,) + shape), train=False)
+  return train.TrainState(step=jnp.zeros([], jnp.int32), params=variables["params"],
+                          batch_stats=variables.get("batch_stats", {}),
+                          opt_state=tx.init(variables["params"]), rng=jax.random.PRNGKey(2))
+
+
+def test_train_step_is_one_sgd_step_on_the_mean_loss():
+  model, tx = _lenet(), optax.inject_hyperparams(optax.sgd)(learning_rate=0.3)
+  state, batch = _state(model, tx), _batch(16)
+  new_state, step_metrics = train.train_step(state, batch, apply_fn=model.apply, tx=tx,
+                                             num_classes=10, label_smoothing=0.0)
+
+  def loss(params):
+    logits = model.apply({"params": params}, batch["image"], train=True)
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), batch["label"][:, None], 1))
+
+  grads = jax.grad(loss)(state.params)
+  want = jax.tree.map(lambda p, g: p - 0.3 * g, state.params, grads)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+               new_state.params, want)
+  np.testing.assert_allclose(step_metrics["loss"], loss(state.params), rtol=1e-6)
+  np.testing.assert_allclose(step_metrics["learning_rate"], 0.3)
+  assert int(new_state.step) == 1
+
+
+def test_eval_step_counts_only_real_examples():
+  model, tx = _lenet(), optax.sgd(0.1)
+  state, batch = _state(model, tx), _batch(12, seed=3)
+  padded = {k: np.concatenate([v, v[:4] * 0]) for k, v in batch.items()}
+  padded["mask"] = np.array([1] * 12 + [0] * 4)
+  sums = train.eval_step(state, padded, apply_fn=model.apply, num_classes=10)
+  logits = model.apply({"params": state.params}, batch["image"], train=False)
+  assert float(sums["count"]) == 12
+  np.testing.assert_allclose(
+      sums["correct"], np.sum(np.argmax(logits, -1) == batch["label"]), rtol=1e-6)
+  np.testing.assert_allclose(
+      sums["loss"], np.sum(train.cross_entropy(logits, batch["label"], num_classes=10)),
+      rtol=1e-5)
+
+
+# --- Metrics -------------------------------------------------------------------------------------
+
+def test_sign_flips_count_unmasked_weights_only():
+  init = {"a": np.array([1.0, -1.0, 2.0, -3.0]), "b": np.array([[0.5, 0.5]])}
+  now = {"a": np.array([-1.0, -1.0, 0.0, 3.0]), "b": np.array([[0.5, -0.1]])}
+  masks = {"a": np.array([True, True, True, False])}  # a[3] is masked: its flip is not counted.
+  flips = metrics.sign_flip_fractions(now, metrics.signs(init), masks)
+  assert flips["a"] == pytest.approx(2 / 3)  # a[0] flipped, a[2] reached 0.
+  assert flips["b"] == pytest.approx(1 / 2)
+  assert flips[metrics.TOTAL] == pytest.approx(3 / 5)
+
+
+def test_measured_sparsity_and_mean_betas():
+  weights = {"a": np.array([0.0, 1.0, 0.0, 0.0]), "b": np.ones((2, 3))}
+  rows = metrics.measured_sparsity(weights)
+  assert rows["a"]["sparsity"] == 0.75 and rows["b"]["sparsity"] == 0.0
+  assert rows[metrics.TOTAL]["sparsity"] == pytest.approx(3 / 10)
+  betas = metrics.mean_betas({"a": np.array([1.0, 3.0, 100.0, 100.0])},
+                             {"a": np.array([True, True, False, False])})
+  assert betas["a"] == 2.0 and betas[metrics.TOTAL] == 2.0
+
+
+# --- Data parallelism: pmap and jit on 8 devices equal one device -------------------------------
+
+_EQUIVALENCE_SCRIPT = textwrap.dedent("""
+    import functools, json, sys
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from signin_jax import models, train, signin
+    assert jax.device_count() == 8
+    tx = signin.sign_in(optax.inject_hyperparams(optax.sgd)(learning_rate=0.05, momentum=0.9),
+                        reset_every=2)
+    rng = np.random.RandomState(0)
+    batches = [{"image": rng.randn(16, 8, 8, 3).astype(np.float32),
+                "label": rng.randint(0, 10, 16).astype(np.int32)} for _ in range(4)]
+
+    def run(mode):
+      model = models.get_model("resnet_narrow", num_classes=10, width=2,
+                               bn_axis_name=train.PMAP_AXIS if mode == "pmap" else None)
+      variables = model.init({"params": jax.random.PRNGKey(0)}, jnp.zeros((1, 8, 8, 3)),
+                             train=False)
+      state = train.TrainState(step=jnp.zeros([], jnp.int32), params=variables["params"],
+                               batch_stats=variables["batch_stats"],
+                               opt_state=tx.init(variables["params"]),
+                               rng=jax.random.PRNGKey(1))
+      step = functools.partial(train.train_step, apply_fn=model.apply, tx=tx, num_classes=10,
+                               label_smoothing=0.1)
+      if mode == "single":
+        step = jax.jit(step)
+        for b in batches:
+          state, m = step(state, b)
+        return jax.device_get((state.params, state.batch_stats, m["loss"]))
+      eval_fn = functools.partial(train.eval_step, apply_fn=model.apply, num_classes=10)
+      par = train.make_parallelism(mode, train_fn=step, eval_fn=eval_fn)
+      state = par.put_state(train.replicate_from_host(jax.device_get(state), par.replicated))
+      for b in batches:
+        state, m = par.train_step(state, par.put_batch(b))
+      canonical = par.canonical(state)  # The checkpoint layout round-trips too.
+      assert all(x.is_fully_replicated for x in jax.tree.leaves(canonical))
+      return par.local((state.params, state.batch_stats, m["loss"]))
+
+    single = run("single")
+    out = {}
+    for mode in ("pmap", "jit"):
+      got = run(mode)
+      out[mode] = max(jax.tree.leaves(jax.tree.map(
+          lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), got, single)))
+    init = models.get_model("resnet_narrow", num_classes=10, width=2).init(
+        {"params": jax.random.PRNGKey(0)}, jnp.zeros((1, 8, 8, 3)), train=False)["params"]
+    out["moved"] = max(jax.tree.leaves(jax.tree.map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), single[0], init)))
+    print("RESULT", json.dumps(out))
+""")
+
+
+def test_pmap_and_jit_on_8_devices_match_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", _EQUIVALENCE_SCRIPT], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=240)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.split("RESULT", 1)[1])
+  assert result["moved"] > 1e-2, result  # Training moved the parameters noticeably ...
+  assert result["pmap"] < 2e-5 and result["jit"] < 2e-5, result  # ... and identically.
+
+
+# --- End to end: every shipped config, 2 steps on mock data ------------------------------------
+
+CONFIG_FILES = sorted(
+    os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+    if not p.endswith("__init__.py"))
+TINY = {"default": 2, "cifar10_r20": 2, "cifar100_r18": 2, "imagenet_r50": 2,
+        "fashion_mnist_quickstart": 2}
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_every_shipped_config_trains_end_to_end_on_mock_data(name, tmp_path):
+  config = load(name)
+  config.width = TINY.get(name, 2)
+  config.batch_size = 8
+  config.num_train_steps = 2
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 1
+  config.data_dir = None
+  workdir = str(tmp_path / name)
+  with tfds.testing.mock_data(num_examples=12):
+    summary = train.train_and_evaluate(config, workdir)
+  assert summary["steps"] == 2
+  assert summary["test_examples"] == 12  # Every mock test example exactly once.
+  assert 0.0 <= summary["test_accuracy"] <= 1.0
+  with open(os.path.join(workdir, "summary.json")) as f:
+    assert json.load(f)["config"]["model"] == config.model
+  measured = summary["sparsity"][metrics.TOTAL]["sparsity"]
+  assert measured == pytest.approx(config.sparsity, abs=0.02)
+  weights = np.load(os.path.join(workdir, "final_weights.npz"))
+  assert any(k.startswith("params/") for k in weights.files)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  logged = {k for r in records for k in r}
+  assert {"train_loss", "learning_rate", "images_per_sec", "test_accuracy"} <= logged
+  assert any(k.startswith("sign_flips_vs_init/") for k in logged)
+  assert config.signin.enabled == any(k.startswith("beta/") for k in logged)
+  assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
