@@ -10,7 +10,8 @@ A checkpoint ``<directory>/<step>/`` holds three items:
 
 Saving is collective (every process calls :func:`save`; orbax coordinates who writes what) and
 atomic: orbax writes into a temporary directory and renames it when complete, so a process
-killed mid-save leaves no half checkpoint under a step name. On restore, every array is
+killed mid-save leaves no half checkpoint under a step name. A state with a non-finite float is
+never saved. On restore, every array is
 checksummed again and compared with ``meta``; a checkpoint that cannot be read or does not
 match is *corrupt*: it is moved aside to ``quarantine_dir`` (never deleted) and the previous
 step is tried. Only keep-N retention (``keep``) ever deletes a written checkpoint.
@@ -91,13 +92,33 @@ def _checksum(x: jax.Array) -> jax.Array:
   return jnp.sum(bits * weights, dtype=jnp.uint32)
 
 
-_checksums = jax.jit(lambda leaves: [_checksum(x) for x in leaves])
+class NonFiniteStateError(FloatingPointError):
+  """A state with NaN or infinite floats was about to be saved; nothing was written."""
+
+
+@jax.jit
+def _integrity(items):
+  """Per item: every leaf's checksum; and whether every float leaf of ``items`` is finite.
+
+  One compiled function for saving and for verifying a restore (same trees, same program).
+  """
+  floats = [x for x in jax.tree.leaves(items) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats])) if floats else True
+  checksums = {name: [_checksum(x) for x in jax.tree.leaves(tree)]
+               for name, tree in items.items()}
+  return finite, checksums
+
+
+def integrity(items: Dict[str, Any]):
+  """``(all float leaves finite, {item: [checksum per leaf]})`` as python values."""
+  finite, checksums = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)),
+                                   _integrity(items))
+  return bool(finite), {k: [int(c) for c in v] for k, v in checksums.items()}
 
 
 def tree_checksums(tree) -> List[int]:
   """Checksums (see module docstring) of every leaf of ``tree``, in flattening order."""
-  leaves = jax.tree.leaves(tree)
-  return [int(c) for c in jax.device_get(_checksums(leaves))] if leaves else []
+  return integrity({"tree": tree})[1]["tree"]
 
 
 def structure_fingerprint(tree) -> str:
@@ -111,11 +132,18 @@ def save(manager: ocp.CheckpointManager, step: int, *, state, extras, meta: Dict
   """Saves one checkpoint; returns when it is on disk.
 
   Every process must call this with identical (replicated) ``state`` and ``extras``.
+
+  Raises:
+    NonFiniteStateError: a float in ``state`` or ``extras`` is NaN or infinite (nothing is
+      written: a checkpoint is always a state training can continue from).
   """
+  finite, checksums = integrity({"state": state, "extras": extras})
+  if not finite:
+    raise NonFiniteStateError(f"the state at step {step} has non-finite values; not saved.")
   meta = dict(meta, step=int(step),
               fingerprint={"state": structure_fingerprint(state),
                            "extras": structure_fingerprint(extras)},
-              checksums={"state": tree_checksums(state), "extras": tree_checksums(extras)})
+              checksums=checksums)
   manager.save(step, force=True, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       extras=ocp.args.StandardSave(extras),
@@ -142,8 +170,9 @@ def _restore_verified(manager, step, state_target, extras_target) -> Restored:
         extras=ocp.args.StandardRestore(extras_target)))
   except Exception as e:  # Missing or truncated files; tensorstore decode errors.
     raise CorruptCheckpointError(f"arrays unreadable: {e!r}") from e
+  _, checksums = integrity({"state": restored["state"], "extras": restored["extras"]})
   for item in ("state", "extras"):
-    if tree_checksums(restored[item]) != meta["checksums"][item]:
+    if checksums[item] != meta["checksums"][item]:
       raise CorruptCheckpointError(f"checksum mismatch in '{item}'")
   return Restored(step=step, state=restored["state"], extras=restored["extras"], meta=meta)
 

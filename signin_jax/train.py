@@ -329,12 +329,6 @@ class _PreemptionWatch:
       self._installed = False
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
-
-
 class NonFiniteLossError(FloatingPointError):
   """Training produced a non-finite loss or state; nothing after the last good step is saved."""
 
@@ -574,12 +568,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       writer.write_hparams(_flat_config(config))
 
   def save_checkpoint(step: int) -> None:
-    canonical = parallelism.canonical(state)
-    if not bool(_local_replica(_all_finite(canonical))):
-      raise NonFiniteLossError(_non_finite_message(step, "the training state", manager))
-    checkpointing.save(manager, step, state=canonical, extras=canonical_extras, meta={
-        "data_position": step, "epoch": step / steps_per_epoch,
-        "elapsed_seconds": elapsed_before + time.time() - started})
+    try:
+      checkpointing.save(manager, step, state=parallelism.canonical(state),
+                         extras=canonical_extras, meta={
+                             "data_position": step, "epoch": step / steps_per_epoch,
+                             "elapsed_seconds": elapsed_before + time.time() - started})
+    except checkpointing.NonFiniteStateError as e:
+      raise NonFiniteLossError(_non_finite_message(step, "the training state", manager)) from e
 
   preemption = _PreemptionWatch()
   pending = []  # Device metrics of steps not yet fetched.
