@@ -445,11 +445,15 @@ class _DropInfoFrom(logging_std.Filter):
     return record.levelno > logging_std.INFO or self.path_fragment not in record.pathname
 
 
-def _quiet_orbax_info_logs() -> None:
-  # Orbax logs several INFO lines per save; keep its warnings and errors only.
+def _quiet_library_info_logs() -> None:
+  # Orbax logs several INFO lines per save and TFDS a few per dataset read; keep their
+  # warnings and errors, so that the console shows the run's progress.
   absl_logger = logging.get_absl_logger()
-  if not any(isinstance(f, _DropInfoFrom) for f in absl_logger.filters):
-    absl_logger.addFilter(_DropInfoFrom(os.sep + "orbax" + os.sep))
+  present = {f.path_fragment for f in absl_logger.filters if isinstance(f, _DropInfoFrom)}
+  for library in ("orbax", "tensorflow_datasets"):
+    fragment = os.sep + library + os.sep
+    if fragment not in present:
+      absl_logger.addFilter(_DropInfoFrom(fragment))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
@@ -463,7 +467,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     NonFiniteLossError: the loss or the state became non-finite; the last good checkpoint stays.
   """
   config_validation.validate_config(config)
-  _quiet_orbax_info_logs()
+  _quiet_library_info_logs()
   initialize_distributed(config)
   config_validation.validate_environment(config, device_count=jax.device_count())
   started = time.time()
@@ -598,6 +602,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         config.dataset, global_batch_size=config.batch_size, seed=config.seed,
         start_step=start_step, **data_kwargs)))
     for step in range(start_step + 1, num_steps + 1):
+      # Sign-In re-splits at epoch boundaries (m**2 - w**2 back to signin.beta), so the epoch's
+      # beta statistics are read off the state entering its last step.
+      entering_last_step = state if step % steps_per_epoch == 0 or step == num_steps else None
       state, step_metrics = parallelism.train_step(state, next(train_iter))
       pending.append(step_metrics)
       if step == start_step + 1:
@@ -645,9 +652,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                    **metrics.prefixed("sign_flips_vs_prev_epoch", flips_prev)}
         beta_line = ""
         if config.signin.enabled:
-          betas = mean_signin_betas(parallelism.local(state), mask_layers)
+          betas = mean_signin_betas(parallelism.local(entering_last_step), mask_layers)
           scalars.update(metrics.prefixed("beta", betas))
-          beta_line = f", mean beta {betas[metrics.TOTAL]:.4f}"
+          beta_line = f", mean beta {betas[metrics.TOTAL]:.4f} (before the re-split)"
         if epoch_end:
           host_extras["epoch_signs"] = metrics.signs(host_weights)
           canonical_extras = dict(canonical_extras, epoch_signs=replicate_from_host(
