@@ -222,3 +222,28 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp
                if np.issubdtype(np.asarray(x).dtype, np.floating))
   manager.close()
   assert not os.path.exists(workdir / "summary.json")
+
+
+def test_each_epoch_logs_sign_flips_betas_and_test_accuracy(reference):
+  with open(os.path.join(reference["workdir"], "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  by_step = {}
+  for r in records:
+    if "step" in r:
+      by_step.setdefault(r["step"], {}).update(r)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    steps_per_epoch = train.input_pipeline.steps_per_epoch("fashion_mnist", 8)
+  epoch_ends = list(range(steps_per_epoch, NUM_STEPS + 1, steps_per_epoch)) + [NUM_STEPS]
+  assert len(epoch_ends) > 3
+  for step in epoch_ends:
+    logged = by_step[step]
+    assert 0.0 < logged["sign_flips_vs_init/total"] < 1.0
+    assert 0.0 < logged["sign_flips_vs_prev_epoch/total"] < 1.0
+    assert 0.0 <= logged["test_accuracy"] <= 1.0
+    # beta = m^2 - w^2 decays between re-splits (weight decay, discrete steps) and is read
+    # before the re-split at the epoch boundary sets it back to 1.
+    assert 0.0 < logged["beta/total"] < 1.0
+  layers = {k.split("/", 1)[1] for k in by_step[NUM_STEPS] if k.startswith("sign_flips_vs_init/")}
+  assert {"dense1/kernel", "dense2/kernel", "classifier/kernel", "total"} <= layers
+  assert by_step[NUM_STEPS]["sign_flips_vs_init/total"] == pytest.approx(
+      reference["summary"]["sign_flips_vs_init"]["total"])
