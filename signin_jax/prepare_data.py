@@ -243,7 +243,11 @@ def ensure_prepared(name: str, data_dir: Optional[str] = None) -> None:
     prepare_fashion_mnist(data_dir)
     return
   tfds = input_pipeline.tfds_module()
-  logging.info("Preparing %s with TFDS's download_and_prepare (data_dir=%s).", name, data_dir)
+  source = ("from the tar files in its manual dir" if name == "imagenet2012" else
+            "downloading it: this needs internet (offline, copy a prepared data_dir instead, "
+            "see signin_jax/prepare_data.py)")
+  logging.info("Preparing %s with TFDS's download_and_prepare (data_dir=%s), %s.", name,
+               data_dir, source)
   try:
     tfds.builder(name, data_dir=data_dir).download_and_prepare()
   except Exception as e:  # pylint: disable=broad-except  (network, manual dir, disk: many kinds)
