@@ -529,9 +529,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   canonical_extras = replicate_from_host(extras, replicated)
   manager = checkpointing.create_manager(os.path.join(workdir, "checkpoints"),
                                          keep=config.keep_checkpoints)
-  restored = checkpointing.restore_latest_good(
-      manager, state_target=canonical_state, extras_target=canonical_extras,
-      quarantine_dir=os.path.join(workdir, "checkpoints_corrupt"))
+  try:
+    restored = checkpointing.restore_latest_good(
+        manager, state_target=canonical_state, extras_target=canonical_extras,
+        quarantine_dir=os.path.join(workdir, "checkpoints_corrupt"))
+  except BaseException:
+    manager.close()
+    raise
   elapsed_before = 0.0
   if restored is not None:
     canonical_state, canonical_extras = restored.state, restored.extras
