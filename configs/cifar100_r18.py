@@ -23,24 +23,10 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
+  config = default.get_config()  # only what differs from the defaults follows
   config.model = "resnet18_cifar"
   config.dataset = "cifar100"
   config.num_epochs = 200
-  config.batch_size = 128
-  config.learning_rate = 0.1
-  config.lr_schedule = "cosine"
-  config.warmup_epochs = 0.0
-  config.momentum = 0.9
-  config.nesterov = True
   config.weight_decay = 5e-4
-  config.label_smoothing = 0.0
-  config.sparsity = 0.9
-  config.mask.method = "random"
-  config.mask.distribution = "erk"
-  config.signin.enabled = True
-  config.signin.beta = 1.0
-  config.signin.reset_every_epochs = 5
   config.checkpoint_every_steps = 2000
-  config.log_every_steps = 100
   return config

@@ -17,7 +17,7 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
+  config = default.get_config()  # only what differs from the defaults follows
   # A small CNN (conv 16 -> conv 32 -> dense 64), the kind of layer Sign-In is about, and heavy
   # enough per step that the input pipeline costs nothing noticeable (LeNet-300-100 is so light
   # that feeding it costs ~10 %: benchmarks/pipeline_throughput.py --config.model=lenet300_100).
@@ -25,21 +25,6 @@ def get_config():
   config.width = 16
   config.dataset = "fashion_mnist"
   config.num_epochs = 5
-  config.batch_size = 128
-  config.learning_rate = 0.1
-  config.lr_schedule = "cosine"
-  config.warmup_epochs = 0.0
-  config.momentum = 0.9
-  config.nesterov = True
-  config.weight_decay = 1e-4
-  config.label_smoothing = 0.0
-  config.sparsity = 0.9
-  config.mask.method = "random"
-  config.mask.distribution = "erk"
-  config.signin.enabled = True
-  config.signin.beta = 1.0
   config.signin.reset_every_epochs = 1
-  config.eval_every_epochs = 1
-  config.log_every_steps = 100
   config.checkpoint_every_steps = 500
   return config

@@ -25,26 +25,14 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
+  config = default.get_config()  # only what differs from the defaults follows
   config.model = "resnet50"
   config.dataset = "imagenet2012"
   config.num_epochs = 100
   config.batch_size = 1024
   config.learning_rate = 0.4
-  config.lr_schedule = "cosine"
   config.warmup_epochs = 5.0
-  config.momentum = 0.9
-  config.nesterov = True
-  config.weight_decay = 1e-4
   config.label_smoothing = 0.1
-  config.sparsity = 0.9
-  config.mask.method = "random"
-  config.mask.distribution = "erk"
-  config.signin.enabled = True
-  config.signin.beta = 1.0
-  config.signin.reset_every_epochs = 5
   config.dtype = "bfloat16"
-  config.parallelism = "jit"
   config.checkpoint_every_steps = 5000
-  config.log_every_steps = 100
   return config
