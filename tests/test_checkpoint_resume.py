@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import tensorflow_datasets as tfds
 
 from configs import fashion_mnist_quickstart
 from signin_jax import checkpointing
 from signin_jax import train
+from tests import tfds_mock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MOCK_EXAMPLES = 64
@@ -46,17 +46,17 @@ def tiny_config():
 
 
 def run_in_process(workdir, config=None):
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+  with tfds_mock.mock_data(num_examples=MOCK_EXAMPLES):
     return train.train_and_evaluate(config or tiny_config(), str(workdir))
 
 
 _CHILD = textwrap.dedent(f"""
     import sys
-    import tensorflow_datasets as tfds
     sys.path.insert(0, {REPO!r})
+    from tests import tfds_mock
     from tests.test_checkpoint_resume import tiny_config
     from signin_jax import train
-    with tfds.testing.mock_data(num_examples={MOCK_EXAMPLES}):
+    with tfds_mock.mock_data(num_examples={MOCK_EXAMPLES}):
       train.train_and_evaluate(tiny_config(), sys.argv[1])
 """)
 
@@ -203,7 +203,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp
   config.checkpoint_every_steps = 2
   config.lr_schedule = "step"
   # From step 7 on the learning rate is 1e30: the parameters blow up and the loss follows.
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+  with tfds_mock.mock_data(num_examples=MOCK_EXAMPLES):
     steps_per_epoch = train.input_pipeline.steps_per_epoch(config.dataset, config.batch_size)
   config.lr_step_epochs = (6 / steps_per_epoch,)
   config.lr_step_factor = 1e30 / config.learning_rate
@@ -231,7 +231,7 @@ def test_each_epoch_logs_sign_flips_betas_and_test_accuracy(reference):
   for r in records:
     if "step" in r:
       by_step.setdefault(r["step"], {}).update(r)
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+  with tfds_mock.mock_data(num_examples=MOCK_EXAMPLES):
     steps_per_epoch = train.input_pipeline.steps_per_epoch("fashion_mnist", 8)
   epoch_ends = list(range(steps_per_epoch, NUM_STEPS + 1, steps_per_epoch)) + [NUM_STEPS]
   assert len(epoch_ends) > 3

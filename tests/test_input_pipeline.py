@@ -9,6 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from signin_jax import input_pipeline as ip
+from tests import tfds_mock
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +71,7 @@ def indexed_mock(num_train, num_eval):
     labels = np.array([_label(self.name, i) for i in ids], np.int64)
     return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
 
-  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+  with tfds_mock.mock_data(as_dataset_fn=as_dataset):
     yield
 
 
@@ -98,7 +99,7 @@ def _batch_ids(name, batch):
 def test_batches_shapes_dtypes_and_labels(name):
   info = ip.DATASETS[name]
   kw = dict(process_index=0, process_count=1)
-  with tfds.testing.mock_data(num_examples=12):
+  with tfds_mock.mock_data(num_examples=12):
     batch = next(ip.train_iterator(name, global_batch_size=4, seed=0, **kw))
     bf16 = next(ip.train_iterator(name, global_batch_size=4, seed=0, image_dtype="bfloat16",
                                   **kw))
@@ -268,7 +269,7 @@ def test_errors():
     ip.steps_per_epoch("mnist", 8, process_count=1)
   with pytest.raises(ValueError, match=r"manual dir .*ILSVRC2012_img_train\.tar"):
     ip.check_dataset("imagenet2012", "/nonexistent/tfds")
-  with tfds.testing.mock_data(num_examples=8):
+  with tfds_mock.mock_data(num_examples=8):
     kw = dict(seed=0, process_index=0)
     with pytest.raises(ValueError, match="global_batch_size=5 must be divisible by "
                                          "process_count=2"):

@@ -15,13 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import tensorflow_datasets as tfds
 
 from signin_jax import masks as masks_lib
 from signin_jax import metrics
 from signin_jax import models
 from signin_jax import signin
 from signin_jax import train
+from tests import tfds_mock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -300,7 +300,7 @@ def test_every_shipped_config_trains_end_to_end_on_mock_data(name, tmp_path):
   config.checkpoint_every_steps = 1
   config.data_dir = None
   workdir = str(tmp_path / name)
-  with tfds.testing.mock_data(num_examples=12):
+  with tfds_mock.mock_data(num_examples=12):
     summary = train.train_and_evaluate(config, workdir)
   assert summary["steps"] == 2
   assert summary["test_examples"] == 12  # Every mock test example exactly once.
