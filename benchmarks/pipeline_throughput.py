@@ -21,8 +21,10 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
+from signin_jax import config_validation
 from signin_jax import input_pipeline
 from signin_jax import masks as masks_lib
+from signin_jax import prepare_data
 from signin_jax import train
 
 
@@ -35,6 +37,8 @@ _BLOCK = flags.DEFINE_integer("block", 50, "Steps per alternating block.")
 def main(argv):
   del argv
   config = _CONFIG.value
+  config_validation.validate_config(config)
+  prepare_data.ensure_prepared(config.dataset, config.data_dir)  # As main.py does.
   dataset = input_pipeline.DATASETS[config.dataset]
   steps_per_epoch = input_pipeline.steps_per_epoch(config.dataset, config.batch_size,
                                                    data_dir=config.data_dir)
