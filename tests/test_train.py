@@ -218,6 +218,31 @@ def test_measured_sparsity_and_mean_betas():
   assert betas["a"] == 2.0 and betas[metrics.TOTAL] == 2.0
 
 
+@pytest.mark.parametrize("method", masks_lib.METHODS)
+def test_trainer_builds_exact_masks_with_every_scoring_method(method):
+  config = load("default")
+  config.update(model="small_cnn", width=4, sparsity=0.9)
+  config.mask.method = method
+  model = train.create_model(config, num_classes=10)
+  input_shape = (2, 28, 28, 1)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape), train=False)
+  params = variables["params"]
+  rng = np.random.RandomState(0)
+  batch = {"image": jnp.asarray(rng.randn(*input_shape), jnp.float32),
+           "label": jnp.asarray([3, 7])}
+  got = train.create_masks(config, jax.random.PRNGKey(1), params, apply_fn=model.apply,
+                           batch_stats=variables.get("batch_stats"), input_shape=input_shape,
+                           sample_batch=lambda: batch)
+  want = masks_lib.layer_densities(params, 0.9, config.mask.distribution)
+  kept = jax.tree.map(lambda m: int(np.sum(m)), got)
+  expected = jax.tree.map(lambda p, d: p.size if d is None else round(float(d) * p.size),
+                          params, want, is_leaf=lambda x: x is None)
+  assert kept == expected
+  prunable = [k for k, p in zip(jax.tree.leaves(kept), jax.tree.leaves(params)) if p.ndim > 1]
+  total = sum(p.size for p in jax.tree.leaves(params) if p.ndim > 1)
+  assert sum(prunable) == round(0.1 * total)
+
+
 # --- Data parallelism: pmap and jit on 8 devices equal one device -------------------------------
 
 _EQUIVALENCE_SCRIPT = textwrap.dedent("""
