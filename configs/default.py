@@ -20,6 +20,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.width = config_dict.placeholder(int)
   config.dataset = "cifar10"
   config.data_dir = config_dict.placeholder(str)  # None: TFDS's default (~/tensorflow_datasets).
+  # TFDS (sub-)splits to train and evaluate on; None: the dataset's own train and test splits.
+  # For tuning, hold out part of the training split, e.g. 'train[:50000]' and 'train[50000:]'
+  # (the summary's test_* numbers are then measured on the held-out part).
+  config.train_split = config_dict.placeholder(str)
+  config.eval_split = config_dict.placeholder(str)
 
   # Length. num_train_steps = -1 derives it as num_epochs * steps_per_epoch.
   config.num_epochs = 160
@@ -52,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.signin = ml_collections.ConfigDict()
   config.signin.enabled = True
   config.signin.beta = 1.0
+  # 'absolute': every layer is re-split with m**2 - w**2 = beta (the paper). 'weight_scale':
+  # layer l with beta * mean(theta_l**2) over its unmasked weights at initialization.
+  config.signin.beta_scale = "absolute"
   config.signin.reset_every_epochs = 5  # 0: never re-split.
   config.signin.inner_state_at_reset = "keep"  # 'keep' or 'reinit' the factors' momentum.
 

@@ -15,7 +15,8 @@ Reads the per-run JSONs written by `experiments/sweep.py` and draws, in ``--out`
 * ``beta_curves.png``: mean beta = m**2 - w**2 over all Sign-In layers against the training
   step, averaged over seeds, for every Sign-In cell at ``--flip_sparsity`` (the ablations
   included), so the decay between resets and the jump back at each reset show. The trainer logs
-  beta at epoch ends only, after an epoch's reset if there is one.
+  beta every ``log_every_steps`` steps and, at each epoch end, the value before that epoch's
+  re-split.
 
 A figure with nothing to draw is skipped with a message.
 """
@@ -132,7 +133,7 @@ def plot_beta_curves(records, path: str, sparsity: float) -> bool:
             label=f"{runs[0]['method']} (n={len(runs)})")
   ax.set_xlabel("training step")
   ax.set_ylabel("mean beta = m² − w² (unmasked weights)")
-  ax.set_title(f"Mean beta over training at {100 * sparsity:g} % sparsity (logged at epoch ends)")
+  ax.set_title(f"Mean beta over training at {100 * sparsity:g} % sparsity ")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()

@@ -200,7 +200,8 @@ def results_path(results_dir: str, run: Run) -> str:
 def beta_curves(metrics_path: str) -> Dict[str, List[List[float]]]:
   """From ``metrics.jsonl``: ``{layer or 'total': [[step, mean beta], ...]}`` sorted by step.
 
-  The trainer logs ``beta/<layer>`` at every epoch end (and the last step). A resumed run appends
+  The trainer logs ``beta/<layer>`` every ``log_every_steps`` steps and at every epoch end (the
+  value before the epoch's re-split) and the last step. A resumed run appends
   again from its checkpoint, so a step may appear twice; the later record wins.
   """
   by_step: Dict[int, Dict[str, float]] = {}

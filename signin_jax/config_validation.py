@@ -16,6 +16,9 @@ from signin_jax import signin
 
 PARALLELISM = ("jit", "pmap")
 DTYPES = ("float32", "bfloat16")
+BETA_SCALES = ("absolute", "weight_scale")
+# A TFDS split with an optional slice or percent range: 'train', 'train[:50000]', 'train[90%:]'.
+_SPLIT = re.compile(r"[A-Za-z_]+(\[-?\d*%?:-?\d*%?\])?")
 LR_SCHEDULES = ("cosine", "step")
 
 
@@ -112,8 +115,15 @@ def validate_config(config) -> None:
       _fail("mask.dense_layers", dense_layers, f"must be regular expressions; {pattern!r} is not ({e})")
   _boolean(config, "mask.sparsity_aware_init")
 
+  for field in ("train_split", "eval_split"):
+    value = _get(config, field)
+    if value is not None and not (isinstance(value, str) and _SPLIT.fullmatch(value)):
+      _fail(field, value, "must be None (the dataset's own split) or a TFDS split or sub-split "
+            "such as 'train', 'train[:50000]', 'train[90%:]'")
+
   _boolean(config, "signin.enabled")
   _number(config, "signin.beta", low=0)
+  _one_of(config, "signin.beta_scale", BETA_SCALES)
   _number(config, "signin.reset_every_epochs", low=0, integer=True)
   _one_of(config, "signin.inner_state_at_reset", signin.INNER_STATE_AT_RESET)
 

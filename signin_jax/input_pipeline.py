@@ -214,13 +214,13 @@ def _shard_sizes(name: str, split: str, process_count: int,
 
 
 def steps_per_epoch(name: str, global_batch_size: int, *, data_dir: Optional[str] = None,
-                    process_count: Optional[int] = None) -> int:
+                    process_count: Optional[int] = None, split: Optional[str] = None) -> int:
   """Training steps per epoch: full local batches of the smallest process shard,
   ``min_i(|shard_i|) // (global_batch_size // process_count)``."""
   info = _check_name(name)
   _, process_count = _process(0, process_count)
   local = _local_batch(global_batch_size, process_count)
-  smallest = min(_shard_sizes(name, info.train_split, process_count, data_dir))
+  smallest = min(_shard_sizes(name, split or info.train_split, process_count, data_dir))
   if smallest < local:
     raise ValueError(f"global_batch_size={global_batch_size} is too large: a process's share "
                      f"({local}) exceeds its shard of {name}'s training split ({smallest} "
@@ -229,12 +229,13 @@ def steps_per_epoch(name: str, global_batch_size: int, *, data_dir: Optional[str
 
 
 def num_eval_batches(name: str, global_batch_size: int, *, data_dir: Optional[str] = None,
-                     process_count: Optional[int] = None) -> int:
+                     process_count: Optional[int] = None, split: Optional[str] = None) -> int:
   """Eval batches every process yields: ``ceil(max_i(|shard_i|) / local batch)``."""
   info = _check_name(name)
   _, process_count = _process(0, process_count)
   local = _local_batch(global_batch_size, process_count)
-  return math.ceil(max(_shard_sizes(name, info.eval_split, process_count, data_dir)) / local)
+  return math.ceil(max(_shard_sizes(name, split or info.eval_split, process_count, data_dir))
+                   / local)
 
 
 def _numpy_dtype(image_dtype: str) -> np.dtype:
@@ -443,7 +444,7 @@ def train_iterator(name: str, *, global_batch_size: int, seed: int, start_step: 
                    data_dir: Optional[str] = None, process_index: Optional[int] = None,
                    process_count: Optional[int] = None, augment: Optional[bool] = None,
                    image_dtype: str = "float32",
-                   shuffle_buffer: int = IMAGENET_SHUFFLE_BUFFER,
+                   shuffle_buffer: int = IMAGENET_SHUFFLE_BUFFER, split: Optional[str] = None,
                    ) -> Iterator[Dict[str, np.ndarray]]:
   """Endless training batches of this process, from global step `start_step` on.
 
@@ -459,6 +460,8 @@ def train_iterator(name: str, *, global_batch_size: int, seed: int, start_step: 
       False on ImageNet gives the evaluation crop.
     image_dtype: 'float32' or 'bfloat16'.
     shuffle_buffer: ImageNet only: encoded examples in the shuffle buffer.
+    split: a TFDS split or sub-split to train on, e.g. 'train[:50000]' (None: the dataset's
+      training split).
 
   Yields:
     {'image': [B, H, W, C] image_dtype, 'label': [B] int32}, B = global_batch_size //
@@ -475,9 +478,10 @@ def train_iterator(name: str, *, global_batch_size: int, seed: int, start_step: 
     raise ValueError(f"augment must be None, True or False, got {augment!r}.")
   dtype = _numpy_dtype(image_dtype)
   augment = info.augment if augment is None else augment
+  split = split or info.train_split
   steps = steps_per_epoch(name, global_batch_size, data_dir=data_dir,
-                          process_count=process_count)
-  split = _shard(info.train_split, process_index, process_count)
+                          process_count=process_count, split=split)
+  split = _shard(split, process_index, process_count)
   epoch, offset = divmod(int(start_step), steps)
   if info.in_memory:
     return _train_in_memory(name, info, split, data_dir, int(seed), process_index, local,
@@ -490,19 +494,22 @@ def train_iterator(name: str, *, global_batch_size: int, seed: int, start_step: 
 
 def eval_iterator(name: str, *, global_batch_size: int, data_dir: Optional[str] = None,
                   process_index: Optional[int] = None, process_count: Optional[int] = None,
-                  image_dtype: str = "float32") -> Iterator[Dict[str, np.ndarray]]:
+                  image_dtype: str = "float32", split: Optional[str] = None,
+                  ) -> Iterator[Dict[str, np.ndarray]]:
   """This process's evaluation batches: every example of its shard once, then padding.
 
   Yields ``num_eval_batches(name, global_batch_size)`` batches ``{'image', 'label', 'mask'}``
-  of B = global_batch_size // process_count entries; ``mask`` is 1 for real examples.
+  of B = global_batch_size // process_count entries; ``mask`` is 1 for real examples. `split`
+  is a TFDS split or sub-split (None: the dataset's evaluation split).
   """
   info = check_dataset(name, data_dir)
   process_index, process_count = _process(process_index, process_count)
   local = _local_batch(global_batch_size, process_count)
   dtype = _numpy_dtype(image_dtype)
+  split = split or info.eval_split
   num_batches = num_eval_batches(name, global_batch_size, data_dir=data_dir,
-                                 process_count=process_count)
-  split = _shard(info.eval_split, process_index, process_count)
+                                 process_count=process_count, split=split)
+  split = _shard(split, process_index, process_count)
   return _padded_eval(info, local, dtype, num_batches,
                       _eval_in_memory(name, info, split, data_dir, local, dtype)
                       if info.in_memory else

@@ -122,11 +122,23 @@ def create_optimizer(config, *, steps_per_epoch: int, num_steps: int,
   tx = inner
   if config.signin.enabled:
     reset_every = config.signin.reset_every_epochs * steps_per_epoch or None
-    tx = signin.sign_in(tx, beta=config.signin.beta, reset_every=reset_every,
+    beta = config.signin.beta
+    if config.signin.beta_scale == "weight_scale":
+      beta = functools.partial(_beta_at_weight_scale, beta)
+    tx = signin.sign_in(tx, beta=beta, reset_every=reset_every,
                         inner_state_at_reset=config.signin.inner_state_at_reset)
   if masks is not None:
     tx = masks_lib.with_static_mask(tx, masks)
   return tx
+
+
+def _beta_at_weight_scale(beta: float, path, theta) -> jax.Array:
+  """``beta * mean(theta**2)`` over the layer's unmasked initial weights: Sign-In's init sees
+  the masked parameters, whose masked entries are exactly zero."""
+  del path
+  theta = jnp.asarray(theta, jnp.float32)
+  kept = theta != 0
+  return beta * jnp.sum(jnp.where(kept, theta**2, 0.0)) / jnp.maximum(jnp.sum(kept), 1)
 
 
 _INJECT_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
@@ -425,7 +437,8 @@ def evaluate(parallelism: Parallelism, state, config) -> Dict[str, float]:
   totals = None
   for batch in input_pipeline.eval_iterator(
       config.dataset, global_batch_size=config.batch_size, data_dir=config.data_dir,
-      process_index=jax.process_index(), process_count=jax.process_count()):
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      split=config.eval_split):
     sums = parallelism.eval_step(state, parallelism.put_batch(batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = parallelism.local(totals)
@@ -480,11 +493,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   dataset = input_pipeline.DATASETS[config.dataset]
   steps_per_epoch = input_pipeline.steps_per_epoch(
       config.dataset, config.batch_size, data_dir=config.data_dir,
-      process_count=jax.process_count())
+      process_count=jax.process_count(), split=config.train_split)
   num_steps = (config.num_train_steps if config.num_train_steps > 0
                else int(np.ceil(config.num_epochs * steps_per_epoch)))
   data_kwargs = dict(data_dir=config.data_dir, process_index=jax.process_index(),
-                     process_count=jax.process_count())
+                     process_count=jax.process_count(), split=config.train_split)
 
   # Model, masks, optimizer and the initial state (all deterministic functions of the seed).
   model = create_model(config, num_classes=dataset.num_classes)
@@ -634,6 +647,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                    "learning_rate": float(log_buffer[-1]["learning_rate"]),
                    "images_per_sec": config.batch_size / max(seconds_per_step, 1e-9),
                    "epoch": step / steps_per_epoch}
+        if config.signin.enabled and not (epoch_end or is_last):
+          # Mean beta within a reset period (its end is logged below, before the re-split).
+          scalars.update(metrics.prefixed(
+              "beta", mean_signin_betas(parallelism.local(state), mask_layers)))
         writer.write_scalars(step, scalars)
         if is_main:
           logging.info(metrics.format_progress(
