@@ -243,6 +243,9 @@ def test_each_epoch_logs_sign_flips_betas_and_test_accuracy(reference):
     # beta = m^2 - w^2 decays between re-splits (weight decay, discrete steps) and is read
     # before the re-split at the epoch boundary sets it back to 1.
     assert 0.0 < logged["beta/total"] < 1.0
+  # Within reset periods beta is logged at every log step too.
+  within = [s for s in range(20, NUM_STEPS, 20) if s not in epoch_ends]
+  assert within and all(0.0 < by_step[s]["beta/total"] < 1.0 for s in within)
   layers = {k.split("/", 1)[1] for k in by_step[NUM_STEPS] if k.startswith("sign_flips_vs_init/")}
   assert {"dense1/kernel", "dense2/kernel", "classifier/kernel", "total"} <= layers
   assert by_step[NUM_STEPS]["sign_flips_vs_init/total"] == pytest.approx(

@@ -245,6 +245,20 @@ def test_processes_read_disjoint_shards_that_cover_the_split():
   assert sorted(seen) == list(range(TEST_ID_OFFSET, TEST_ID_OFFSET + 13))  # each exactly once
 
 
+def test_sub_splits_hold_out_part_of_the_training_data():
+  name = "fashion_mnist"
+  with indexed_mock(num_train=24, num_eval=13):
+    assert ip.steps_per_epoch(name, 4, split="train[:16]") == 4
+    epoch = np.concatenate([_ids(name, b["image"]) for b in _take(ip.train_iterator(
+        name, global_batch_size=4, seed=0, process_index=0, process_count=1,
+        split="train[:16]"), 4)])
+    held_out = list(ip.eval_iterator(name, global_batch_size=3, process_index=0,
+                                     process_count=1, split="train[16:]"))
+  assert sorted(epoch) == list(range(16))
+  seen = np.concatenate([_ids(name, b["image"])[b["mask"].astype(bool)] for b in held_out])
+  assert sorted(seen) == list(range(16, 24))  # each held-out example exactly once
+
+
 def test_imagenet_shards_are_disjoint():
   name = "imagenet2012"
   with indexed_mock(num_train=9, num_eval=5):

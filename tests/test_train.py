@@ -243,6 +243,22 @@ def test_trainer_builds_exact_masks_with_every_scoring_method(method):
   assert sum(prunable) == round(0.1 * total)
 
 
+def test_beta_at_weight_scale_is_the_mean_square_of_each_layers_kept_initial_weights():
+  config = load("default")
+  config.signin.beta, config.signin.beta_scale = 0.5, "weight_scale"
+  params = _tiny_params()
+  masks = jax.tree.map(lambda p: (jnp.arange(p.size).reshape(p.shape) % 3 == 0)
+                       if p.ndim > 1 else jnp.ones(p.shape, bool), params)
+  params = masks_lib.apply_mask(params, masks)
+  tx = train.create_optimizer(config, steps_per_epoch=10, num_steps=100, masks=masks)
+  betas = signin.find_signin_state(tx.init(params)).beta
+  for name in ("dense", "out"):
+    kernel = np.asarray(params[name]["kernel"], np.float64)
+    kept = np.asarray(masks[name]["kernel"])
+    assert float(betas[name]["kernel"]) == pytest.approx(0.5 * np.mean(kernel[kept] ** 2),
+                                                          rel=1e-6)
+
+
 # --- Data parallelism: pmap and jit on 8 devices equal one device -------------------------------
 
 _EQUIVALENCE_SCRIPT = textwrap.dedent("""
