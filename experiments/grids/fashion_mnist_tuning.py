@@ -12,10 +12,10 @@ two seeds is then used for every method of the study, Sign-In included, without 
 
 CONFIG = "configs/fashion_mnist_quickstart.py"
 SEEDS = [0, 1]
-LEARNING_RATES = (0.03, 0.1, 0.3)
-WEIGHT_DECAYS = (1e-4, 5e-4)
-BASELINE = {"model": "lenet300_100", "num_epochs": 10, "sparsity": 0.9, "mask.method": "random",
-            "mask.distribution": "erk", "signin.enabled": False,
+LEARNING_RATES = (0.03, 0.1, 0.3, 0.6)
+WEIGHT_DECAYS = (1e-4, 5e-4, 1e-3)
+BASELINE = {"model": "lenet300_100", "width": 300, "num_epochs": 10, "sparsity": 0.9,
+            "mask.method": "random", "mask.distribution": "erk", "signin.enabled": False,
             "train_split": "train[:50000]", "eval_split": "train[50000:]"}
 
 
