@@ -8,6 +8,11 @@ recipe otherwise (10 epochs, batch 128, SGD + Nesterov momentum 0.9, cosine sche
 trains on the first 50,000 training images and is scored on the other 10,000, so the test
 split stays untouched by the choice. The pair with the best mean held-out accuracy over the
 two seeds is then used for every method of the study, Sign-In included, without re-tuning.
+
+Outcome (experiments/results/fashion_mnist_tuning/results.md, run on 2026-11-25 on this
+project's 2-core CPU machine): learning rate 0.3 with weight decay 5e-4, 89.89 +- 0.01 %
+held-out accuracy; every neighbour (learning rate 0.1 or 0.6, weight decay 1e-4 or 1e-3)
+scored lower, so the optimum is not at the grid's edge.
 """
 
 CONFIG = "configs/fashion_mnist_quickstart.py"
