@@ -181,3 +181,35 @@ def test_results_made_with_other_overrides_are_reported_stale(tmp_path):
   assert sweep.stale_message(str(path), run) is None  # JSON lists equal the grid's tuples.
   path.write_text(json.dumps({"overrides": {"sparsity": 0.8, "mask.dense_layers": ["x"]}}))
   assert "delete it and the run's workdir to rerun" in sweep.stale_message(str(path), run)
+
+
+def _record(cell, seed, accuracy, flips, *, signin, group="main", **signin_overrides):
+  overrides = {"sparsity": 0.9, "mask.distribution": "erk", "signin.enabled": signin,
+               **signin_overrides}
+  return {"cell": cell, "seed": seed, "method": cell, "group": group, "overrides": overrides,
+          "signin": {"enabled": signin}, "target_sparsity": 0.9, "test_accuracy": accuracy,
+          "sign_flips": flips}
+
+
+def test_paired_differences_match_the_same_seeds_runs():
+  import paired  # pylint: disable=g-import-not-at-top
+  records = [
+      _record("pai", 0, 0.80, 0.30, signin=False), _record("pai", 1, 0.90, 0.20, signin=False),
+      _record("signin", 0, 0.83, 0.40, signin=True), _record("signin", 1, 0.89, 0.25, signin=True),
+      _record("noreset", 1, 0.95, 0.25, signin=True, group="ablation",
+              **{"signin.reset_every_epochs": 0}),
+      # Another mask: no partner, so it appears in no row.
+      {**_record("pai_other", 0, 0.5, 0.1, signin=True), "overrides": {"sparsity": 0.5}},
+  ]
+  rows = {r["cell"]: r for r in paired.paired_rows(records)}
+  assert set(rows) == {"signin", "noreset"}
+  main = rows["signin"]
+  assert main["reference"] == "pai" and main["n"] == 2 and main["helped"] == 1
+  assert main["difference"][0] == pytest.approx(1.0)  # (+3 - 1) / 2 percentage points
+  assert main["difference"][1] == pytest.approx(np.std([3.0, -1.0], ddof=1))
+  assert main["flips_difference"][0] == pytest.approx(7.5)
+  ablation = rows["noreset"]
+  assert ablation["reference"] == "signin" and ablation["n"] == 1
+  assert ablation["difference"][0] == pytest.approx(6.0)
+  assert "| noreset | signin | 90 | 1 | 95.00 | 89.00 | +6.00 | 1/1 | +0.00 |" in (
+      paired.markdown(paired.paired_rows(records)))
