@@ -64,13 +64,23 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Processes and devices.
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """Joins the multi-process job when ``config.distributed`` is set (one process per host).
+  """Joins the multi-process job when ``config.distributed`` is set (one process per host/GPU).
 
-  ``jax.distributed.initialize()`` without arguments detects the cluster (Cloud TPU, SLURM,
-  Open MPI, ...); it must run before anything touches the devices.
+  ``config.distributed_coordinator`` / ``num_processes`` / ``process_id`` left at None are
+  detected by ``jax.distributed.initialize`` from the cluster (Cloud TPU pod, SLURM, Open MPI,
+  ...); set all three where there is no such environment (e.g. several processes on one
+  machine). Must run before anything touches the devices.
   """
-  if config.distributed and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  if not config.distributed or jax.distributed.is_initialized():
+    return
+  # CPU processes reduce across each other only with cross-process collectives; gloo (over TCP)
+  # needs nothing installed. Older jax versions defaulted to none; a user's choice is kept.
+  if not jax.config.jax_cpu_collectives_implementation:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=config.distributed_coordinator,
+                             num_processes=config.num_processes, process_id=config.process_id)
+  logging.info("Joined the distributed job as process %d of %d.", jax.process_index(),
+               jax.process_count())
 
 
 # --------------------------------------------------------------------------------------------
