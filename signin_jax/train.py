@@ -29,6 +29,7 @@ sparse weights, plus BatchNorm statistics).
 
 import collections
 import functools
+import hashlib
 import json
 import logging as logging_std
 import os
@@ -360,8 +361,10 @@ def create_masks(config, key, params, *, apply_fn, batch_stats, input_shape,
                  sample_batch: Callable):
   """The run's static masks (bool pytree like params), or None for a dense run (sparsity 0).
 
-  Data-dependent scores (SNIP, GraSP) use the first training batch of process 0 (its slice of
-  the global batch); the masks are then broadcast so that every process trains the same ones.
+  Every process computes the masks itself; data-dependent scores (SNIP, GraSP) use the first
+  global training batch (``sample_batch()``, the same on every process). With several processes
+  their digests are compared at once: a process whose masks differ stops the run
+  (:class:`MaskMismatchError`) instead of training another network.
   """
   if config.sparsity == 0.0:
     return None
@@ -388,8 +391,45 @@ def create_masks(config, key, params, *, apply_fn, batch_stats, input_shape,
     batch = kwargs.pop("batch", None)
     masks = jax.jit(lambda k, p, b: build(k, p, batch=b, **kwargs))(key, params, batch)
   if jax.process_count() > 1:
-    masks = multihost_utils.broadcast_one_to_all(masks)
+    masks = jax.device_get(masks)
+    check_same_masks(multihost_utils.process_allgather(mask_digest(masks)), seed=config.seed)
   return masks
+
+
+class MaskMismatchError(RuntimeError):
+  """Processes computed different masks: they would train different networks."""
+
+
+def mask_digest(masks) -> np.ndarray:
+  """128 bits (4 uint32 words) of SHA-256 over the tree structure, shapes and packed mask bits.
+
+  Costs a pass over one bit per weight (ResNet-50: ~3 MB), so every run can afford it.
+  """
+  leaves, treedef = jax.tree.flatten(jax.device_get(masks))
+  digest = hashlib.sha256(str(treedef).encode())
+  for leaf in leaves:
+    leaf = np.asarray(leaf, bool)
+    digest.update(str(leaf.shape).encode())
+    digest.update(np.packbits(leaf).tobytes())
+  return np.frombuffer(digest.digest()[:16], np.uint32).copy()
+
+
+def check_same_masks(digests: np.ndarray, *, seed: int) -> None:
+  """Raises MaskMismatchError unless every process's digest (row i: process i) is process 0's.
+
+  Every process computes the masks itself from the same seed (and, for data-dependent scores,
+  the same global batch), so a difference means different code, library versions or hardware
+  numerics; training on would silently optimize different networks on different hosts.
+  """
+  digests = np.asarray(digests).reshape(len(digests), -1)
+  differing = [i for i in range(len(digests)) if not np.array_equal(digests[i], digests[0])]
+  if differing:
+    hexes = {i: digests[i].tobytes().hex()[:16] for i in [0] + differing}
+    raise MaskMismatchError(
+        f"The masks differ between processes: process(es) {differing} computed other masks "
+        f"than process 0 from config.seed={seed} (digest prefixes {hexes}). Run the same code, "
+        "config and library versions on every host; stopping before training different "
+        "networks.")
 
 
 def _masks_from_layers(template, layers: Dict[str, np.ndarray]):
@@ -505,9 +545,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
 
-  def sample_batch():
-    return next(input_pipeline.train_iterator(
+  def sample_batch():  # The first global batch: every process's slice of it, concatenated.
+    local = next(input_pipeline.train_iterator(
         config.dataset, global_batch_size=config.batch_size, seed=config.seed, **data_kwargs))
+    if jax.process_count() == 1:
+      return local
+    return multihost_utils.process_allgather(local, tiled=True)
 
   masks = create_masks(config, mask_key, params, apply_fn=model.apply, batch_stats=batch_stats,
                        input_shape=input_shape, sample_batch=sample_batch)
