@@ -442,6 +442,40 @@ def _masks_from_layers(template, layers: Dict[str, np.ndarray]):
 # --------------------------------------------------------------------------------------------
 # The training loop.
 
+def check_resumable(meta: Dict[str, Any], *, step: int, steps_per_epoch: int,
+                    batch_size: int) -> None:
+  """Resuming with another number of processes (or devices): supported, or refused clearly.
+
+  The state is saved as global arrays replicated over all devices, so orbax restores it onto
+  any device layout, and the global batch (``config.batch_size``) does not depend on the layout.
+  What changes is the data order: process i of n reads shard i of n, so from the resumed step
+  on the examples come from the new layout's shards (the epoch in progress may repeat or miss
+  some; later epochs read every example once as usual). That is allowed, with a warning. Refused:
+  a layout whose epoch has another number of steps (each process's share of every global
+  batch is read from its own shard, whose size depends on the number of processes), since the
+  learning-rate schedule, Sign-In's re-split period and the epoch count would all shift.
+  """
+  saved_processes = meta.get("process_count")
+  if saved_processes is None:  # Written before the layout was recorded: nothing to compare.
+    return
+  saved_steps = meta["steps_per_epoch"]
+  if saved_steps != steps_per_epoch:
+    raise ValueError(
+        f"Cannot resume from the checkpoint at step {step} in this workdir: it was written by "
+        f"{saved_processes} process(es) with {saved_steps} steps per epoch, but this run (with "
+        f"{jax.process_count()} process(es), config.batch_size={batch_size}) has "
+        f"{steps_per_epoch}: the learning-rate schedule and the Sign-In re-split period would "
+        f"shift. Resume with {saved_processes} process(es) and the checkpoint's batch size, or "
+        "use a new workdir.")
+  if saved_processes != jax.process_count() or meta.get("device_count") != jax.device_count():
+    logging.warning(
+        "Resuming the checkpoint at step %d, written by %d process(es) on %s device(s), with %d "
+        "process(es) on %d device(s): same state, global batch and schedule; from here on each "
+        "process reads its shard of the new layout, so the epoch in progress may repeat or "
+        "skip some examples.", step, saved_processes, meta.get("device_count"),
+        jax.process_count(), jax.device_count())
+
+
 def _flat_config(config) -> Dict[str, Any]:
   flat = {}
 
@@ -586,6 +620,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     restored = checkpointing.restore_latest_good(
         manager, state_target=canonical_state, extras_target=canonical_extras,
         quarantine_dir=os.path.join(workdir, "checkpoints_corrupt"))
+    if restored is not None:
+      check_resumable(restored.meta, step=restored.step, steps_per_epoch=steps_per_epoch,
+                      batch_size=config.batch_size)
   except BaseException:
     manager.close()
     raise
@@ -633,6 +670,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       checkpointing.save(manager, step, state=parallelism.canonical(state),
                          extras=canonical_extras, meta={
                              "data_position": step, "epoch": step / steps_per_epoch,
+                             "steps_per_epoch": steps_per_epoch,
+                             "process_count": jax.process_count(),
+                             "device_count": jax.device_count(),
                              "elapsed_seconds": elapsed_before + time.time() - started})
     except checkpointing.NonFiniteStateError as e:
       raise NonFiniteLossError(_non_finite_message(step, "the training state", manager)) from e
