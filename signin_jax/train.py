@@ -30,6 +30,7 @@ sparse weights, plus BatchNorm statistics).
 import collections
 import functools
 import hashlib
+import io
 import json
 import logging as logging_std
 import os
@@ -39,6 +40,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional
 
 from absl import logging
+from etils import epath
 import flax
 import jax
 from jax.experimental import multihost_utils
@@ -492,16 +494,21 @@ def _flat_config(config) -> Dict[str, Any]:
 
 
 def _write_json_atomically(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  _write_atomically(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 def _save_npz_atomically(path: str, arrays: Dict[str, np.ndarray]) -> None:
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  _write_atomically(path, buffer.getvalue())
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+  # Locally a rename makes the file appear complete or not at all; on gs:// an object appears
+  # only when its upload completes, so the rename there (a copy) just keeps one code path.
+  tmp = epath.Path(path + ".tmp")
+  tmp.write_bytes(data)
+  tmp.replace(path)
 
 
 def evaluate(parallelism: Parallelism, state, config) -> Dict[str, float]:
@@ -556,9 +563,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   config_validation.validate_environment(config, device_count=jax.device_count())
   started = time.time()
   is_main = jax.process_index() == 0
-  workdir = os.path.abspath(workdir)
+  workdir = workdir if metrics.is_remote(workdir) else os.path.abspath(workdir)
   if is_main:
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     _write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())
 
   dataset = input_pipeline.DATASETS[config.dataset]
