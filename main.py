@@ -4,10 +4,17 @@
     python main.py --config=configs/cifar10_r20.py --workdir=workdirs/c10 --config.sparsity=0.95
 
 Rerunning with the same --workdir resumes from its latest intact checkpoint.
+
+Multi-process (README: Scale-out): the same command on every process, plus
+--config.distributed=True; on a Cloud TPU pod or under SLURM that is all (JAX detects the job),
+elsewhere also --config.distributed_coordinator=HOST0:PORT --config.num_processes=N
+--config.process_id=I (launch/ has the TPU pod and SLURM launchers).
 """
 
 from absl import app
 from absl import flags
+import jax
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from signin_jax import config_validation
@@ -25,7 +32,16 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   config_validation.validate_config(config)  # Bad values fail before any data is prepared.
-  prepare_data.ensure_prepared(config.dataset, config.data_dir)
+  train.initialize_distributed(config)
+  # Process 0 prepares the dataset first: with a data_dir shared by all hosts (a bucket) the
+  # others then find it prepared instead of all building it at once; with per-host data_dirs
+  # each prepares its own.
+  if jax.process_index() == 0:
+    prepare_data.ensure_prepared(config.dataset, config.data_dir)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("dataset prepared by process 0")
+  if jax.process_index() != 0:
+    prepare_data.ensure_prepared(config.dataset, config.data_dir)
   train.train_and_evaluate(config, _WORKDIR.value)
 
 

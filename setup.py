@@ -15,6 +15,7 @@ setuptools.setup(
         "train": [
             "flax>=0.10",
             "orbax-checkpoint>=0.11",
+            "etils[epath]",
             "tensorflow-cpu>=2.16",
             "tensorflow-datasets>=4.9.7",
             "importlib_resources",

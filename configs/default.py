@@ -29,10 +29,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Length. num_train_steps = -1 derives it as num_epochs * steps_per_epoch.
   config.num_epochs = 160
   config.num_train_steps = -1
-  config.batch_size = 128  # Global: split over all devices of all processes.
+  config.batch_size = 128  # Global: over all devices of all processes (README: Scale-out).
 
   # Optimizer: weight decay (on conv/dense kernels, or on both Sign-In factors of them), then SGD.
-  config.learning_rate = 0.1  # Peak learning rate, reached after the warmup; no batch scaling.
+  # Peak learning rate, reached after the warmup, for the global batch above. Neither depends on
+  # the number of hosts or devices; to change the global batch, set the learning rate with it.
+  config.learning_rate = 0.1
   config.lr_schedule = "cosine"  # 'cosine' (to 0 at the end) or 'step'.
   config.lr_step_epochs = (80, 120)  # 'step' only: multiply by lr_step_factor at these epochs.
   config.lr_step_factor = 0.1
@@ -67,7 +69,13 @@ def get_config() -> ml_collections.ConfigDict:
   # ('float32' or 'bfloat16'); parameters and optimizer state are always float32.
   config.parallelism = "jit"
   config.dtype = "float32"
-  config.distributed = False  # Call jax.distributed.initialize() (multi-host runs).
+  # Multi-process (several hosts, or one process per GPU): distributed=True joins the job via
+  # jax.distributed.initialize(). The next three, left at None, are detected from the cluster
+  # (Cloud TPU pod, SLURM, Open MPI); set all three elsewhere, e.g. 'host0:1234', 2, 0 / 1.
+  config.distributed = False
+  config.distributed_coordinator = config_dict.placeholder(str)  # 'host:port' of process 0.
+  config.num_processes = config_dict.placeholder(int)
+  config.process_id = config_dict.placeholder(int)  # This process: 0 .. num_processes - 1.
 
   # Bookkeeping.
   config.eval_every_epochs = 1

@@ -28,6 +28,7 @@ import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -53,12 +54,14 @@ def create_manager(directory: str, *, keep: int) -> ocp.CheckpointManager:
 
   Temporary directories of saves that never completed are reported, then removed by orbax.
   """
-  directory = os.path.abspath(directory)
-  if jax.process_index() == 0 and os.path.isdir(directory):
-    for name in sorted(os.listdir(directory)):
+  if "://" not in directory:  # Local; URLs (gs://...) are absolute already.
+    directory = os.path.abspath(directory)
+  path = epath.Path(directory)
+  if jax.process_index() == 0 and path.is_dir():
+    for name in sorted(p.name for p in path.iterdir()):
       if ".orbax-checkpoint-tmp" in name:
         logging.warning("Ignoring incomplete checkpoint %s (a save was interrupted).",
-                        os.path.join(directory, name))
+                        path / name)
   options = ocp.CheckpointManagerOptions(
       preservation_policy=ocp.checkpoint_managers.LatestN(keep),
       create=True,
@@ -191,8 +194,8 @@ def quarantine(manager: ocp.CheckpointManager, step: int, quarantine_dir: str) -
   """Moves checkpoint ``step`` out of the manager's directory (process 0), keeping its files."""
   target = os.path.join(quarantine_dir, f"{step}.{int(time.time())}")
   if jax.process_index() == 0:
-    os.makedirs(quarantine_dir, exist_ok=True)
-    os.rename(os.path.join(str(manager.directory), str(step)), target)
+    epath.Path(quarantine_dir).mkdir(parents=True, exist_ok=True)
+    epath.Path(manager.directory, str(step)).rename(target)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"quarantine_checkpoint_{step}")
   manager.reload()

@@ -129,11 +129,38 @@ def validate_config(config) -> None:
 
   _one_of(config, "parallelism", PARALLELISM)
   _one_of(config, "dtype", DTYPES)
-  _boolean(config, "distributed")
+  _validate_distributed(config)
   _number(config, "eval_every_epochs", low=1, integer=True)
   _number(config, "log_every_steps", low=1, integer=True)
   _number(config, "checkpoint_every_steps", low=1, integer=True)
   _number(config, "keep_checkpoints", low=1, integer=True)
+
+
+def _validate_distributed(config) -> None:
+  _boolean(config, "distributed")
+  coordinator = _get(config, "distributed_coordinator")
+  if coordinator is not None:
+    host, _, port = coordinator.rpartition(":") if isinstance(coordinator, str) else ("", "", "")
+    if not (host and port.isdigit() and 0 < int(port) < 65536):
+      _fail("distributed_coordinator", coordinator,
+            "must be None (detected from the cluster) or 'host:port' of process 0, e.g. "
+            "'10.0.0.2:1234' (port 1-65535)")
+  num_processes = _get(config, "num_processes")
+  if num_processes is not None and not (_is_int(num_processes) and num_processes >= 1):
+    _fail("num_processes", num_processes,
+          "must be None (detected from the cluster) or a positive integer")
+  process_id = _get(config, "process_id")
+  if process_id is not None:
+    high = f" and < config.num_processes={num_processes}" if num_processes is not None else ""
+    if not (_is_int(process_id) and process_id >= 0
+            and (num_processes is None or process_id < num_processes)):
+      _fail("process_id", process_id,
+            f"must be None (detected from the cluster) or an integer >= 0{high}")
+  if not config.distributed:
+    for field in ("distributed_coordinator", "num_processes", "process_id"):
+      if _get(config, field) is not None:
+        _fail(field, _get(config, field),
+              "must be None unless config.distributed=True (it configures a multi-process run)")
 
 
 def validate_environment(config, *, device_count: int) -> None:

@@ -18,6 +18,8 @@ import os
 import time
 from typing import Any, Dict, Mapping, Optional
 
+from etils import epath
+
 import jax
 import numpy as np
 import optax
@@ -100,14 +102,32 @@ def prefixed(prefix: str, values: Mapping[str, float]) -> Dict[str, float]:
   return {f"{prefix}/{name}": value for name, value in values.items()}
 
 
+def is_remote(path: str) -> bool:
+  """A URL such as ``gs://bucket/run`` (read and written through etils.epath), not a local path."""
+  return "://" in str(path)
+
+
 class JsonLinesWriter:
-  """Appends one JSON object per write to a file: ``{"step": s, "time": t, <name>: value, ...}``."""
+  """Appends one JSON object per write to a file: ``{"step": s, "time": t, <name>: value, ...}``.
+
+  Object stores (``gs://``) cannot append: there the file is rewritten whole at every flush (a
+  line per logged step: small), continuing what a resumed run's file already holds.
+  """
 
   def __init__(self, path: str):
-    self._file = open(path, "a", encoding="utf-8")
+    self._path = epath.Path(path)
+    self._remote = is_remote(path)
+    if self._remote:
+      self._lines = self._path.read_text().splitlines(True) if self._path.exists() else []
+    else:
+      self._file = open(path, "a", encoding="utf-8")
 
   def _write(self, record: Dict[str, Any]):
-    self._file.write(json.dumps(record, sort_keys=True) + "\n")
+    line = json.dumps(record, sort_keys=True) + "\n"
+    if self._remote:
+      self._lines.append(line)
+    else:
+      self._file.write(line)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]):
     self._write({"step": int(step), "time": time.time(),
@@ -117,10 +137,15 @@ class JsonLinesWriter:
     self._write({"hparams": json.loads(json.dumps(dict(hparams), default=str))})
 
   def flush(self):
-    self._file.flush()
+    if self._remote:
+      self._path.write_text("".join(self._lines))
+    else:
+      self._file.flush()
 
   def close(self):
-    if not self._file.closed:
+    if self._remote:
+      self.flush()
+    elif not self._file.closed:
       self._file.close()
 
 
@@ -190,7 +215,7 @@ def create_writer(workdir: str, *, is_main_process: bool) -> MultiWriter:
   """TensorBoard event files plus ``workdir/metrics.jsonl`` on the main process; no-op elsewhere."""
   if not is_main_process:
     return MultiWriter([])
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   return MultiWriter([TensorBoardWriter(workdir),
                       JsonLinesWriter(os.path.join(workdir, "metrics.jsonl"))])
 

@@ -29,6 +29,8 @@ sparse weights, plus BatchNorm statistics).
 
 import collections
 import functools
+import hashlib
+import io
 import json
 import logging as logging_std
 import os
@@ -38,6 +40,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional
 
 from absl import logging
+from etils import epath
 import flax
 import jax
 from jax.experimental import multihost_utils
@@ -64,13 +67,23 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Processes and devices.
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """Joins the multi-process job when ``config.distributed`` is set (one process per host).
+  """Joins the multi-process job when ``config.distributed`` is set (one process per host/GPU).
 
-  ``jax.distributed.initialize()`` without arguments detects the cluster (Cloud TPU, SLURM,
-  Open MPI, ...); it must run before anything touches the devices.
+  ``config.distributed_coordinator`` / ``num_processes`` / ``process_id`` left at None are
+  detected by ``jax.distributed.initialize`` from the cluster (Cloud TPU pod, SLURM, Open MPI,
+  ...); set all three where there is no such environment (e.g. several processes on one
+  machine). Must run before anything touches the devices.
   """
-  if config.distributed and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  if not config.distributed or jax.distributed.is_initialized():
+    return
+  # CPU processes reduce across each other only with cross-process collectives; gloo (over TCP)
+  # needs nothing installed. Older jax versions defaulted to none; a user's choice is kept.
+  if not jax.config.jax_cpu_collectives_implementation:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=config.distributed_coordinator,
+                             num_processes=config.num_processes, process_id=config.process_id)
+  logging.info("Joined the distributed job as process %d of %d.", jax.process_index(),
+               jax.process_count())
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,8 +375,10 @@ def create_masks(config, key, params, *, apply_fn, batch_stats, input_shape,
                  sample_batch: Callable):
   """The run's static masks (bool pytree like params), or None for a dense run (sparsity 0).
 
-  Data-dependent scores (SNIP, GraSP) use the first training batch of process 0 (its slice of
-  the global batch); the masks are then broadcast so that every process trains the same ones.
+  Every process computes the masks itself; data-dependent scores (SNIP, GraSP) use the first
+  global training batch (``sample_batch()``, the same on every process). With several processes
+  their digests are compared at once: a process whose masks differ stops the run
+  (:class:`MaskMismatchError`) instead of training another network.
   """
   if config.sparsity == 0.0:
     return None
@@ -390,8 +405,45 @@ def create_masks(config, key, params, *, apply_fn, batch_stats, input_shape,
     batch = kwargs.pop("batch", None)
     masks = jax.jit(lambda k, p, b: build(k, p, batch=b, **kwargs))(key, params, batch)
   if jax.process_count() > 1:
-    masks = multihost_utils.broadcast_one_to_all(masks)
+    masks = jax.device_get(masks)
+    check_same_masks(multihost_utils.process_allgather(mask_digest(masks)), seed=config.seed)
   return masks
+
+
+class MaskMismatchError(RuntimeError):
+  """Processes computed different masks: they would train different networks."""
+
+
+def mask_digest(masks) -> np.ndarray:
+  """128 bits (4 uint32 words) of SHA-256 over the tree structure, shapes and packed mask bits.
+
+  Costs a pass over one bit per weight (ResNet-50: ~3 MB), so every run can afford it.
+  """
+  leaves, treedef = jax.tree.flatten(jax.device_get(masks))
+  digest = hashlib.sha256(str(treedef).encode())
+  for leaf in leaves:
+    leaf = np.asarray(leaf, bool)
+    digest.update(str(leaf.shape).encode())
+    digest.update(np.packbits(leaf).tobytes())
+  return np.frombuffer(digest.digest()[:16], np.uint32).copy()
+
+
+def check_same_masks(digests: np.ndarray, *, seed: int) -> None:
+  """Raises MaskMismatchError unless every process's digest (row i: process i) is process 0's.
+
+  Every process computes the masks itself from the same seed (and, for data-dependent scores,
+  the same global batch), so a difference means different code, library versions or hardware
+  numerics; training on would silently optimize different networks on different hosts.
+  """
+  digests = np.asarray(digests).reshape(len(digests), -1)
+  differing = [i for i in range(len(digests)) if not np.array_equal(digests[i], digests[0])]
+  if differing:
+    hexes = {i: digests[i].tobytes().hex()[:16] for i in [0] + differing}
+    raise MaskMismatchError(
+        f"The masks differ between processes: process(es) {differing} computed other masks "
+        f"than process 0 from config.seed={seed} (digest prefixes {hexes}). Run the same code, "
+        "config and library versions on every host; stopping before training different "
+        "networks.")
 
 
 def _masks_from_layers(template, layers: Dict[str, np.ndarray]):
@@ -403,6 +455,40 @@ def _masks_from_layers(template, layers: Dict[str, np.ndarray]):
 
 # --------------------------------------------------------------------------------------------
 # The training loop.
+
+def check_resumable(meta: Dict[str, Any], *, step: int, steps_per_epoch: int,
+                    batch_size: int) -> None:
+  """Resuming with another number of processes (or devices): supported, or refused clearly.
+
+  The state is saved as global arrays replicated over all devices, so orbax restores it onto
+  any device layout, and the global batch (``config.batch_size``) does not depend on the layout.
+  What changes is the data order: process i of n reads shard i of n, so from the resumed step
+  on the examples come from the new layout's shards (the epoch in progress may repeat or miss
+  some; later epochs read every example once as usual). That is allowed, with a warning. Refused:
+  a layout whose epoch has another number of steps (each process's share of every global
+  batch is read from its own shard, whose size depends on the number of processes), since the
+  learning-rate schedule, Sign-In's re-split period and the epoch count would all shift.
+  """
+  saved_processes = meta.get("process_count")
+  if saved_processes is None:  # Written before the layout was recorded: nothing to compare.
+    return
+  saved_steps = meta["steps_per_epoch"]
+  if saved_steps != steps_per_epoch:
+    raise ValueError(
+        f"Cannot resume from the checkpoint at step {step} in this workdir: it was written by "
+        f"{saved_processes} process(es) with {saved_steps} steps per epoch, but this run (with "
+        f"{jax.process_count()} process(es), config.batch_size={batch_size}) has "
+        f"{steps_per_epoch}: the learning-rate schedule and the Sign-In re-split period would "
+        f"shift. Resume with {saved_processes} process(es) and the checkpoint's batch size, or "
+        "use a new workdir.")
+  if saved_processes != jax.process_count() or meta.get("device_count") != jax.device_count():
+    logging.warning(
+        "Resuming the checkpoint at step %d, written by %d process(es) on %s device(s), with %d "
+        "process(es) on %d device(s): same state, global batch and schedule; from here on each "
+        "process reads its shard of the new layout, so the epoch in progress may repeat or "
+        "skip some examples.", step, saved_processes, meta.get("device_count"),
+        jax.process_count(), jax.device_count())
+
 
 def _flat_config(config) -> Dict[str, Any]:
   flat = {}
@@ -420,16 +506,21 @@ def _flat_config(config) -> Dict[str, Any]:
 
 
 def _write_json_atomically(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  _write_atomically(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 def _save_npz_atomically(path: str, arrays: Dict[str, np.ndarray]) -> None:
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  _write_atomically(path, buffer.getvalue())
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+  # Locally a rename makes the file appear complete or not at all; on gs:// an object appears
+  # only when its upload completes, so the rename there (a copy) just keeps one code path.
+  tmp = epath.Path(path + ".tmp")
+  tmp.write_bytes(data)
+  tmp.replace(path)
 
 
 def evaluate(parallelism: Parallelism, state, config) -> Dict[str, float]:
@@ -485,9 +576,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   config_validation.validate_environment(config, device_count=jax.device_count())
   started = time.time()
   is_main = jax.process_index() == 0
-  workdir = os.path.abspath(workdir)
+  workdir = workdir if metrics.is_remote(workdir) else os.path.abspath(workdir)
   if is_main:
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     _write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())
 
   dataset = input_pipeline.DATASETS[config.dataset]
@@ -508,9 +599,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
 
-  def sample_batch():
-    return next(input_pipeline.train_iterator(
+  def sample_batch():  # The first global batch: every process's slice of it, concatenated.
+    local = next(input_pipeline.train_iterator(
         config.dataset, global_batch_size=config.batch_size, seed=config.seed, **data_kwargs))
+    if jax.process_count() == 1:
+      return local
+    return multihost_utils.process_allgather(local, tiled=True)
 
   masks = create_masks(config, mask_key, params, apply_fn=model.apply, batch_stats=batch_stats,
                        input_shape=input_shape, sample_batch=sample_batch)
@@ -546,6 +640,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     restored = checkpointing.restore_latest_good(
         manager, state_target=canonical_state, extras_target=canonical_extras,
         quarantine_dir=os.path.join(workdir, "checkpoints_corrupt"))
+    if restored is not None:
+      check_resumable(restored.meta, step=restored.step, steps_per_epoch=steps_per_epoch,
+                      batch_size=config.batch_size)
   except BaseException:
     manager.close()
     raise
@@ -593,6 +690,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       checkpointing.save(manager, step, state=parallelism.canonical(state),
                          extras=canonical_extras, meta={
                              "data_position": step, "epoch": step / steps_per_epoch,
+                             "steps_per_epoch": steps_per_epoch,
+                             "process_count": jax.process_count(),
+                             "device_count": jax.device_count(),
                              "elapsed_seconds": elapsed_before + time.time() - started})
     except checkpointing.NonFiniteStateError as e:
       raise NonFiniteLossError(_non_finite_message(step, "the training state", manager)) from e

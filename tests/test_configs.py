@@ -82,6 +82,10 @@ BAD_VALUES = [
     ("label_smoothing", 1.0, "label_smoothing"),
     ("batch_size", 0, "batch_size"),
     ("mask.dense_layers", ("conv[",), "mask.dense_layers"),
+    ("distributed_coordinator", "localhost", "distributed_coordinator"),  # No port.
+    ("num_processes", 0, "num_processes"),
+    ("process_id", -1, "process_id"),
+    ("num_processes", 2, "num_processes"),  # Without config.distributed=True.
 ]
 
 
@@ -107,6 +111,15 @@ def test_unknown_names_list_the_allowed_ones():
   config.parallelism = "pjit"
   with pytest.raises(ValueError, match="'jit', 'pmap'"):
     config_validation.validate_config(config)
+
+
+def test_explicit_distributed_settings():
+  config = load("default")
+  config.distributed, config.num_processes, config.process_id = True, 2, 2
+  with pytest.raises(ValueError, match=r"config.process_id=2 .* < config.num_processes=2"):
+    config_validation.validate_config(config)
+  config.distributed_coordinator, config.process_id = "127.0.0.1:1234", 1
+  config_validation.validate_config(config)
 
 
 def test_batch_size_must_divide_over_devices():
