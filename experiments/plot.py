@@ -9,9 +9,10 @@ Reads the per-run JSONs written by `experiments/sweep.py` and draws, in ``--out`
   'main' cells, mean over seeds with sample-std error bars; dense cells (sparsity 0) as a
   horizontal line with a +-std band.
 * ``sign_flips_per_layer.png``: per layer, the fraction of unmasked weights whose sign differs
-  from the initialization (mean +- std over seeds), for every 'main' method at
-  ``--flip_sparsity`` (PaI vs PaI + Sign-In); layers alphabetically unless ``--layer_order``
-  (e.g. ``dense1/kernel,dense2/kernel,classifier/kernel`` for LeNet-300-100, input to output).
+  from the initialization (mean +- std over seeds; also printed as a table), for every 'main'
+  method at ``--flip_sparsity`` (PaI vs PaI + Sign-In); layers alphabetically unless
+  ``--layer_order`` (e.g. ``dense1/kernel,dense2/kernel,classifier/kernel`` for
+  LeNet-300-100, input to output).
 * ``beta_curves.png``: mean beta = m**2 - w**2 over all Sign-In layers against the training
   step, averaged over seeds, for every Sign-In cell at ``--flip_sparsity`` (the ablations
   included), so the decay between resets and the jump back at each reset show. The trainer logs
@@ -101,9 +102,13 @@ def plot_sign_flips(records, path: str, sparsity: float,
   layers = list(layer_order) + [k for k in names if k not in layer_order] + ["total"]
   width = 0.8 / len(cells)
   fig, ax = plt.subplots(figsize=(max(6.5, 1.6 * len(layers)), 4.5))
+  print(f"Sign flips vs init (%, mean ± std over seeds) at {100 * sparsity:g} % sparsity:\n"
+        f"| method | {' | '.join(layers)} |\n|---{'|---' * len(layers)}|")
   for i, runs in enumerate(cells.values()):
     stats = [_mean_std(r["sign_flips_per_layer"][layer] for r in runs) for layer in layers]
     mean, std = (np.array(v) for v in zip(*stats))
+    print(f"| {runs[0]['method']} | "
+          + " | ".join(f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(mean, std)) + " |")
     ax.bar(np.arange(len(layers)) + (i - (len(cells) - 1) / 2) * width, 100 * mean, width,
            yerr=100 * std, capsize=3, label=runs[0]["method"])
   ax.set_xticks(np.arange(len(layers)), layers, rotation=20, fontsize=8)
