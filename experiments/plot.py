@@ -49,6 +49,15 @@ def _mean_std(values):
   return mean, (0.0 if np.isnan(std) else std)
 
 
+def _save(fig, ax, path: str, grid_axis: str = "both") -> bool:
+  ax.grid(axis=grid_axis, alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
 def plot_accuracy_vs_sparsity(records, path: str) -> bool:
   main = [r for r in records if r["group"] == "main"]
   if not main:
@@ -77,12 +86,7 @@ def plot_accuracy_vs_sparsity(records, path: str) -> bool:
   ax.set_xlabel("sparsity (%)")
   ax.set_ylabel("test accuracy (%)")
   ax.set_title("Test accuracy vs sparsity (mean ± std over seeds)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return True
+  return _save(fig, ax, path)
 
 
 def _at_sparsity(records, sparsity: float):
@@ -114,12 +118,7 @@ def plot_sign_flips(records, path: str, sparsity: float,
   ax.set_xticks(np.arange(len(layers)), layers, rotation=20, fontsize=8)
   ax.set_ylabel("sign flips vs init (% of unmasked weights)")
   ax.set_title(f"Sign flips per layer at {100 * sparsity:g} % sparsity")
-  ax.grid(axis="y", alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return True
+  return _save(fig, ax, path, grid_axis="y")
 
 
 def plot_beta_curves(records, path: str, sparsity: float) -> bool:
@@ -138,13 +137,8 @@ def plot_beta_curves(records, path: str, sparsity: float) -> bool:
             label=f"{runs[0]['method']} (n={len(runs)})")
   ax.set_xlabel("training step")
   ax.set_ylabel("mean beta = m² − w² (unmasked weights)")
-  ax.set_title(f"Mean beta over training at {100 * sparsity:g} % sparsity ")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return True
+  ax.set_title(f"Mean beta over training at {100 * sparsity:g} % sparsity")
+  return _save(fig, ax, path)
 
 
 def main(argv=None) -> int:
