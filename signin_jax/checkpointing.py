@@ -25,7 +25,7 @@ any single element always changes the checksum.
 import hashlib
 import os
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 from absl import logging
 from etils import epath
@@ -117,11 +117,6 @@ def integrity(items: Dict[str, Any]):
   finite, checksums = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)),
                                    _integrity(items))
   return bool(finite), {k: [int(c) for c in v] for k, v in checksums.items()}
-
-
-def tree_checksums(tree) -> List[int]:
-  """Checksums (see module docstring) of every leaf of ``tree``, in flattening order."""
-  return integrity({"tree": tree})[1]["tree"]
 
 
 def structure_fingerprint(tree) -> str:

@@ -17,8 +17,10 @@ from signin_jax import signin
 PARALLELISM = ("jit", "pmap")
 DTYPES = ("float32", "bfloat16")
 BETA_SCALES = ("absolute", "weight_scale")
-# A TFDS split with an optional slice or percent range: 'train', 'train[:50000]', 'train[90%:]'.
-_SPLIT = re.compile(r"[A-Za-z_]+(\[-?\d*%?:-?\d*%?\])?")
+# TFDS splits with optional slices or percent ranges, joined by '+': 'train', 'train[:50000]',
+# 'train[90%:]', 'train+validation[:10%]'.
+_SPLIT_PART = r"[A-Za-z_]+(\[-?\d*%?:-?\d*%?\])?"
+_SPLIT = re.compile(rf"{_SPLIT_PART}(\+{_SPLIT_PART})*")
 LR_SCHEDULES = ("cosine", "step")
 
 

@@ -186,9 +186,8 @@ def cross_entropy(logits, labels, *, num_classes: int, label_smoothing: float = 
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def _variables(state: TrainState, params):
-  return {"params": params, "batch_stats": state.batch_stats} if state.batch_stats else {
-      "params": params}
+def _variables(params, batch_stats):
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
 def train_step(state: TrainState, batch, *, apply_fn, tx, num_classes: int,
@@ -204,7 +203,7 @@ def train_step(state: TrainState, batch, *, apply_fn, tx, num_classes: int,
 
   def loss_fn(params):
     logits, new_model_state = apply_fn(
-        _variables(state, params), batch["image"], train=True, mutable=["batch_stats"],
+        _variables(params, state.batch_stats), batch["image"], train=True, mutable=["batch_stats"],
         rngs={"dropout": rng})
     loss = jnp.mean(cross_entropy(logits, batch["label"], num_classes=num_classes,
                                   label_smoothing=label_smoothing))
@@ -229,7 +228,7 @@ def train_step(state: TrainState, batch, *, apply_fn, tx, num_classes: int,
 def eval_step(state: TrainState, batch, *, apply_fn, num_classes: int,
               axis_name: Optional[str] = None):
   """Sums of loss and correct predictions over the real examples (``batch['mask'] == 1``)."""
-  logits = apply_fn(_variables(state, state.params), batch["image"], train=False)
+  logits = apply_fn(_variables(state.params, state.batch_stats), batch["image"], train=False)
   weight = batch["mask"].astype(jnp.float32)
   losses = cross_entropy(logits, batch["label"], num_classes=num_classes)
   correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
@@ -382,8 +381,7 @@ def create_masks(config, key, params, *, apply_fn, batch_stats, input_shape,
   """
   if config.sparsity == 0.0:
     return None
-  variables = lambda p: {"params": p, "batch_stats": batch_stats} if batch_stats else {
-      "params": p}
+  variables = lambda p: _variables(p, batch_stats)
   kwargs = {}
   if config.mask.method in masks_lib.DATA_DEPENDENT_METHODS:
 
@@ -696,6 +694,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                              "elapsed_seconds": elapsed_before + time.time() - started})
     except checkpointing.NonFiniteStateError as e:
       raise NonFiniteLossError(_non_finite_message(step, "the training state", manager)) from e
+    writer.flush()  # On gs:// metrics.jsonl is rewritten at a flush: keep it as current as this.
 
   preemption = _PreemptionWatch()
   pending = []  # Device metrics of steps not yet fetched.
@@ -750,7 +749,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         if config.signin.enabled and not (epoch_end or is_last):
           # Mean beta within a reset period (its end is logged below, before the re-split).
           scalars.update(metrics.prefixed(
-              "beta", mean_signin_betas(parallelism.local(state), mask_layers)))
+              "beta", mean_signin_betas(parallelism, state, mask_layers)))
         writer.write_scalars(step, scalars)
         if is_main:
           logging.info(metrics.format_progress(
@@ -773,7 +772,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                    **metrics.prefixed("sign_flips_vs_prev_epoch", flips_prev)}
         beta_line = ""
         if config.signin.enabled:
-          betas = mean_signin_betas(parallelism.local(entering_last_step), mask_layers)
+          betas = mean_signin_betas(parallelism, entering_last_step, mask_layers)
           scalars.update(metrics.prefixed("beta", betas))
           beta_line = f", mean beta {betas[metrics.TOTAL]:.4f} (before the re-split)"
         if epoch_end:
@@ -832,10 +831,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 _factor_betas = jax.jit(signin.factor_betas)
 
 
-def mean_signin_betas(local_state: TrainState, mask_layers) -> Dict[str, float]:
-  """Per reparameterized layer: mean of m**2 - w**2 over unmasked entries."""
-  signin_state = signin.find_signin_state(local_state.opt_state)
-  betas = jax.device_get(_factor_betas(local_state.params, signin_state))
+def mean_signin_betas(parallelism: Parallelism, state: TrainState,
+                      mask_layers) -> Dict[str, float]:
+  """Per reparameterized layer: mean of m**2 - w**2 over unmasked entries. Only the parameters
+  and the Sign-In state are fetched, not the rest of the optimizer state."""
+  params, signin_state = parallelism.local(
+      (state.params, signin.find_signin_state(state.opt_state)))
+  betas = jax.device_get(_factor_betas(params, signin_state))
   return metrics.mean_betas(metrics.by_layer(betas), mask_layers)
 
 

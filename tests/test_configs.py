@@ -78,6 +78,7 @@ BAD_VALUES = [
     ("signin.inner_state_at_reset", "zero", "signin.inner_state_at_reset"),
     ("signin.beta_scale", "relative", "signin.beta_scale"),
     ("train_split", "train[:50000", "train_split"),
+    ("train_split", "train+", "train_split"),
     ("eval_split", "train 50000:", "eval_split"),
     ("label_smoothing", 1.0, "label_smoothing"),
     ("batch_size", 0, "batch_size"),
@@ -87,6 +88,14 @@ BAD_VALUES = [
     ("process_id", -1, "process_id"),
     ("num_processes", 2, "num_processes"),  # Without config.distributed=True.
 ]
+
+
+@pytest.mark.parametrize("split", ["train", "train[:50000]", "train[90%:]", "test[-100:]",
+                                   "train[:10%]+test", "train+validation[5:20]"])
+def test_tfds_split_expressions_are_accepted(split):
+  config = load("default")
+  config.train_split = config.eval_split = split
+  config_validation.validate_config(config)
 
 
 @pytest.mark.parametrize("field,value,named", BAD_VALUES)
