@@ -40,17 +40,12 @@ def main(spec_path):
   import numpy as np
   from signin_jax import input_pipeline, masks as masks_lib, train
   from tests.test_checkpoint_resume import tiny_config
-  from tests.test_input_pipeline import indexed_mock
+  from tests.test_input_pipeline import _ids, indexed_mock
 
-  info = input_pipeline.DATASETS["fashion_mnist"]
   real_train_iterator = input_pipeline.train_iterator
   real_create_masks = masks_lib.create_masks
   current = {}
   writes_hook_active = []
-
-  def example_ids(images):  # Inverts the normalization; the id is in pixels (0, 0), (0, 1).
-    raw = np.rint((images[:, 0, :2, 0] * info.std[0] + info.mean[0]) * 255).astype(int)
-    return (raw[:, 0] + 256 * raw[:, 1]).tolist()
 
   def recorded_train_iterator(name, *, global_batch_size, start_step=0, process_index=None,
                               process_count=None, **kwargs):
@@ -67,7 +62,7 @@ def main(spec_path):
                                    start_step=start_step, process_index=process_index,
                                    process_count=process_count, **kwargs)
     for step, batch in enumerate(stream, start=start_step + 1):
-      current["record"]["batches"].append([step, example_ids(batch["image"])])
+      current["record"]["batches"].append([step, _ids("fashion_mnist", batch["image"]).tolist()])
       yield batch
 
   def corrupted_create_masks(*args, **kwargs):

@@ -33,6 +33,7 @@ import pytest
 
 from signin_jax import train
 from tests import multiprocess_worker
+from tests.test_checkpoint_resume import final_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "multiprocess_worker.py")
@@ -99,11 +100,6 @@ def finish(launch):
   return results
 
 
-def weights(workdir):
-  with np.load(os.path.join(workdir, "final_weights.npz")) as f:
-    return {k: f[k] for k in f.files}
-
-
 def summary(workdir):
   with open(os.path.join(workdir, "summary.json")) as f:
     return json.load(f)
@@ -153,7 +149,8 @@ def test_two_processes_equal_one_process_on_the_same_global_batches(launches, mo
   assert summary(wd("one", mode))["processes"] == 1
   assert two["sign_flips_vs_init"]["total"] > 0.01  # Training moved the weights ...
   # ... identically, up to the order of the cross-device sums (gloo vs in-process).
-  _assert_close(weights(wd("two", mode)), weights(wd("one", mode)), rtol=1e-5, atol=1e-6)
+  _assert_close(final_weights(wd("two", mode)), final_weights(wd("one", mode)), rtol=1e-5,
+                atol=1e-6)
   assert two["test_examples"] == multiprocess_worker.NUM_EVAL  # Every test example once.
   assert two["test_accuracy"] == summary(wd("one", mode))["test_accuracy"]
 
@@ -185,7 +182,8 @@ def test_checkpoint_of_two_processes_resumes_in_new_processes(launches, mode):
   for r in launches["resumed"]:  # The new processes started at the checkpoint ...
     assert r["runs"][index]["batches"][0][0] == RESUME_STEP + 1
   # ... and ended exactly where the uninterrupted run did.
-  _assert_close(weights(wd("resumed", mode)), weights(wd("two", mode)), rtol=0, atol=0)
+  _assert_close(final_weights(wd("resumed", mode)), final_weights(wd("two", mode)), rtol=0,
+                atol=0)
   assert sorted(int(s) for s in os.listdir(os.path.join(wd("resumed", mode), "checkpoints"))) == [
       RESUME_STEP, 10, NUM_STEPS]
 
@@ -198,7 +196,8 @@ def test_checkpoint_of_two_processes_resumes_on_one_process(launches, mode):
   assert "written by 2 process(es) on 4 device(s), with 1 process(es) on 4" in (
       launches["one"][0]["log"])
   # Same global batches (see the worker): the restored state continues exactly.
-  _assert_close(weights(wd("resumed_on_one", mode)), weights(wd("two", mode)), rtol=1e-5,
+  _assert_close(final_weights(wd("resumed_on_one", mode)), final_weights(wd("two", mode)),
+                rtol=1e-5,
                 atol=1e-6)
 
 
@@ -228,7 +227,8 @@ def test_data_dependent_masks_score_the_global_batch_on_every_process(launches):
   # SNIP scores the first global batch (both processes' slices): the masks agree across the
   # processes (else the digest check would have stopped the run) and with one process.
   assert all(r["runs"][3]["error"] is None for r in launches["resumed"])
-  two, one = weights(launches["wd"]("snip_two")), weights(launches["wd"]("snip_one"))
+  two = final_weights(launches["wd"]("snip_two"))
+  one = final_weights(launches["wd"]("snip_one"))
   for k in two:
     np.testing.assert_array_equal(two[k] == 0, one[k] == 0, err_msg=k)
   _assert_close(two, one, rtol=1e-5, atol=1e-6)
