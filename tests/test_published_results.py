@@ -38,7 +38,7 @@ def test_a_published_cell_reproduces_within_its_seed_spread(fashion_mnist_dir, t
   with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
     summary = json.load(f)
 
-  # The mask is a function of the seed alone: the same on any machine.
+  # The run has the published sparsity (the mask budget is exact on any machine).
   assert summary["sparsity"]["total"]["sparsity"] == published[0]["sparsity"]
   # Within two published standard deviations of the published mean (a seed of 3 lies within
   # 1.16 of them by construction; the rest allows for another CPU's floating-point order).

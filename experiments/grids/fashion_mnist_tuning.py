@@ -10,7 +10,8 @@ then cosine decay). It trains on the first 50,000 training images and is scored 
 two seeds is then used for every method of the study, Sign-In included, without re-tuning.
 
 A first round without warmup chose learning rate 0.3 with weight decay 5e-4, at which the dense
-network then diverged (NaN loss within 25 steps) in 2 of 3 seeds. Both grids then got the
+network then diverged (NaN loss within 25 steps) in 2 of 3 seeds (seen in the sweep's console
+output, not kept). Both grids then got the
 1-epoch warmup and this tuning was rerun (the first round's results are in git history,
 commits d39e661 and 37fc01b). Outcome: see docs/results.md.
 """
