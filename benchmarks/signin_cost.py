@@ -12,8 +12,9 @@
 It also prints the optimizer-state bytes per parameter (goal: at most 3 floats per
 reparameterized weight beyond the parameter itself).
 
-Timing: the two variants run alternately, ``--repeats`` times each after a warm-up, and the
-ratio of the medians is printed, so that load from other processes hits both alike.
+Timing: the variants run in turn, ``--repeats`` rounds after a warm-up. Each ratio is the
+median over rounds of the ratio within a round (printed with its quartiles), so that load from
+other processes, which changes over seconds, hits both sides of a ratio alike.
 """
 
 import argparse
@@ -34,7 +35,7 @@ def sgd_momentum_wd():
 
 
 def time_alternately(calls, repeats):
-  """Runs each callable once (warm-up), then `repeats` rounds in turn; median seconds each."""
+  """Runs each callable once (warm-up), then `repeats` rounds in turn; seconds per round."""
   for call in calls.values():
     call()
   times = {name: [] for name in calls}
@@ -43,7 +44,17 @@ def time_alternately(calls, repeats):
       start = time.perf_counter()
       call()
       times[name].append(time.perf_counter() - start)
-  return {name: float(np.median(t)) for name, t in times.items()}
+  return {name: np.asarray(t) for name, t in times.items()}
+
+
+def ms(times, name):
+  return f"{np.median(times[name]) * 1e3:8.1f} ms"
+
+
+def ratio(times, name, base, digits=2):
+  """Median and quartiles over rounds of the within-round ratio name / base."""
+  q25, q50, q75 = np.percentile(times[name] / times[base], [25, 50, 75])
+  return f"{q50:.{digits}f}x [{q25:.{digits}f}-{q75:.{digits}f}]"
 
 
 def state_bytes(opt_state) -> int:
@@ -85,13 +96,14 @@ def update_only(repeats):
   extra = state_bytes(signed_state[1]) - state_bytes(plain_state[1])
   print(f"(a) optimizer update, ResNet-50 tree ({num_params / 1e6:.2f}M params, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s))")
-  print(f"    SGD+momentum+wd                  {times['sgd'] * 1e3:8.1f} ms")
-  print(f"    Sign-In(SGD+m+wd), ordinary step {times['signin'] * 1e3:8.1f} ms   ratio "
-        f"{times['signin'] / times['sgd']:.2f}x (goal <= 2.5x)")
-  print(f"    Sign-In(SGD+m+wd), reset step    {times['reset'] * 1e3:8.1f} ms   ratio "
-        f"{times['reset'] / times['sgd']:.2f}x (once every reset_every steps)")
-  print(f"    Sign-In(SGD+m+wd), reset_every=None {times['never'] * 1e3:5.1f} ms   ratio "
-        f"{times['never'] / times['sgd']:.2f}x (no resets: no lax.cond in the update)")
+  print("    ratios: median over rounds [quartiles]")
+  print(f"    SGD+momentum+wd                    {ms(times, 'sgd')}")
+  print(f"    Sign-In(SGD+m+wd), ordinary step   {ms(times, 'signin')}   "
+        f"{ratio(times, 'signin', 'sgd')} (goal <= 2.5x)")
+  print(f"    Sign-In(SGD+m+wd), reset step      {ms(times, 'reset')}   "
+        f"{ratio(times, 'reset', 'sgd')} (once every reset_every steps)")
+  print(f"    Sign-In(SGD+m+wd), reset_every=None{ms(times, 'never')}   "
+        f"{ratio(times, 'never', 'sgd')} (no resets: what the reset select costs)")
   print(f"    optimizer state: SGD+m {state_bytes(plain_state[1]) / num_params:.2f} B/param, "
         f"Sign-In {state_bytes(signed_state[1]) / num_params:.2f} B/param; per reparameterized "
         f"weight Sign-In keeps {state_bytes(signed_state[1]) / 4 / reparameterized:.2f} floats "
@@ -133,16 +145,17 @@ def train_step_ratio(repeats):
   times = time_alternately({"pai": pai, "signin": signed}, repeats)
   print(f"(b) whole train step, CIFAR ResNet-20 (configs/cifar10_r20.py optimizer), batch "
         f"{batch_size}, 90 % ERK mask")
-  print(f"    PaI                    {times['pai'] * 1e3:8.1f} ms "
-        f"({batch_size / times['pai']:.0f} images/s)")
-  print(f"    PaI + Sign-In          {times['signin'] * 1e3:8.1f} ms")
-  print(f"    ratio                  {times['signin'] / times['pai']:8.3f}x  (goal <= 1.02x)")
+  print(f"    PaI                    {ms(times, 'pai')} "
+        f"({batch_size / np.median(times['pai']):.0f} images/s)")
+  print(f"    PaI + Sign-In          {ms(times, 'signin')}")
+  print(f"    ratio                  {ratio(times, 'signin', 'pai', digits=3)} "
+        "(median over rounds [quartiles]; goal <= 1.02x)")
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--part", choices=("all", "update", "train_step"), default="all")
-  parser.add_argument("--repeats", type=int, default=15)
+  parser.add_argument("--repeats", type=int, default=30)
   args = parser.parse_args()
   if args.part in ("all", "update"):
     update_only(args.repeats)

@@ -65,16 +65,12 @@ class SignInState(NamedTuple):
 
   Attributes:
     count: number of updates taken (int32).
-    reset_pending: whether the last update was a reset step (bool). The split itself is
-      applied at the start of the next update, to theta as it then is (theta is unchanged by a
-      split, so the trajectory is the same); :func:`factors` applies it too.
     m: like params; the factor ``m`` at reparameterized leaves, ``optax.MaskedNode()`` elsewhere.
     beta: like params; the scalar beta each reparameterized leaf is re-split with (float32),
       ``optax.MaskedNode()`` elsewhere.
     inner_state: state of ``inner``, initialised on the factor tree.
   """
   count: jax.Array
-  reset_pending: jax.Array
   m: PyTree
   beta: PyTree
   inner_state: optax.OptState
@@ -84,9 +80,8 @@ def split(theta: jax.Array, beta: Union[float, jax.Array] = 1.0):
   """Splits ``theta`` into factors ``(m, w)`` with ``m * w = theta`` and ``m**2 - w**2 = beta``.
 
   ``m = sqrt((beta + sqrt(beta**2 + 4 theta**2)) / 2) >= sqrt(beta)`` and ``w = theta / m``
-  carries the sign. Evaluated as ``m = sqrt(b + hypot(b, theta))`` with ``b = beta / 2`` so that
-  no intermediate overflows for any finite theta; low-precision inputs are computed in float32.
-  For ``beta = 0`` and ``theta = 0`` the split is ``(0, 0)``.
+  carries the sign. Finite for every finite theta (no intermediate overflows); low-precision
+  inputs are computed in float32. For ``beta = 0`` and ``theta = 0`` the split is ``(0, 0)``.
 
   Args:
     theta: weights (any float dtype).
@@ -111,10 +106,18 @@ def _upcast(x):
 
 
 def _split_m(theta, beta):
-  """The factor m of split(theta, beta), in at least float32."""
+  """The factor m of split(theta, beta), in at least float32.
+
+  ``m = sqrt(b + r)`` with ``b = beta / 2`` and ``r = sqrt(b**2 + theta**2)``, written with
+  two square roots rather than ``hypot`` (dearer on CPU, and a split runs in every update's
+  pass over m, see ``sign_in``). Where ``b**2 + theta**2`` would overflow, ``r`` becomes
+  ``max(|theta|, b)`` (equal to float precision unless both are ~1e19); where ``theta**2``
+  underflows, ``r >= |theta|`` keeps ``m * w = theta`` for tiny weights at ``beta = 0``.
+  """
   t = _upcast(theta)
-  half_beta = jnp.asarray(beta, t.dtype) / 2
-  return jnp.sqrt(half_beta + jnp.hypot(half_beta, t))
+  b = jnp.asarray(beta, t.dtype) / 2
+  r = jnp.sqrt(jnp.minimum(b * b + t * t, jnp.finfo(t.dtype).max))
+  return jnp.sqrt(b + jnp.maximum(r, jnp.maximum(jnp.abs(t), b)))
 
 
 
@@ -136,12 +139,14 @@ def sign_in(
       (u_m, u_w) = inner((w g, m g); params=(m, w))
       m' = m + u_m,  w' = w + u_w
       update = m' w' - theta                        (what the caller adds to theta)
-      m <- split(m' w', beta).m  if this is a reset step, else m'
+      m <- split(theta + update, beta).m  if this is a reset step, else m'
 
   A reset step is every ``reset_every``-th update (the update that makes ``count`` a multiple
-  of ``reset_every``). The split is a ``lax.cond`` inside the same jitted computation (reset
-  and ordinary steps share one compilation); it is carried out at the start of the following
-  update, on theta as it is then (see ``SignInState.reset_pending``).
+  of ``reset_every``). The split is selected inside the same jitted computation (reset and
+  ordinary steps share one compilation; no Python branching). It splits the theta that the
+  caller's ``optax.apply_updates`` makes, ``theta + update``; if code outside the transform
+  then changes some weights before the next update, those weights keep the product exact
+  (``w = theta / m``) but their ``m**2 - w**2`` differs from beta until the next reset.
 
   Args:
     inner: the optimizer of the factors (any optax transformation, e.g.
@@ -187,7 +192,6 @@ def sign_in(
     factor_params = _factor_tree(treedef, leaves, ms, selected)
     return SignInState(
         count=jnp.zeros([], jnp.int32),
-        reset_pending=jnp.zeros([], bool),
         m=_masked_tree(treedef, ms, selected),
         beta=_masked_tree(treedef, betas, selected),
         inner_state=inner.init(factor_params),
@@ -202,13 +206,10 @@ def sign_in(
     grads = treedef.flatten_up_to(updates)
     ms = treedef.flatten_up_to(state.m)
     selected = [not isinstance(m, optax.MaskedNode) for m in ms]
-    inner_state = state.inner_state
-    if reset_every is not None:
-      # The reset that the previous update scheduled is applied here, to the parameters as
-      # they are now: theta is unchanged by a split, so this equals splitting right after the
-      # previous update, and the split reads theta from memory instead of keeping a copy.
-      ms, inner_state = _apply_pending_reset(
-          state, thetas, ms, selected, treedef, inner, inner_state_at_reset == "reinit")
+
+    count = optax.safe_int32_increment(state.count)
+    is_reset_step = (count % reset_every == 0) if reset_every else jnp.zeros([], bool)
+    betas = treedef.flatten_up_to(state.beta)
 
     # Each use of w = theta / m is its own division, on purpose: XLA does not duplicate a
     # division into several consumers, so a shared w would be written to memory and read back;
@@ -216,63 +217,55 @@ def sign_in(
     factor_grads = treedef.unflatten([
         Factors(_div(t * g, m), m * g) if s else g
         for t, g, m, s in zip(thetas, grads, ms, selected)])
-    factor_params = treedef.unflatten([
-        Factors(m, _div(t, m)) if s else t for t, m, s in zip(thetas, ms, selected)])
+    factor_params = _factor_tree(treedef, thetas, ms, selected)
     factor_updates, inner_state = inner.update(
-        factor_grads, inner_state, factor_params, **extra_args)
+        factor_grads, state.inner_state, factor_params, **extra_args)
     factor_updates = treedef.flatten_up_to(factor_updates)
 
-    new_updates, new_ms = [], []
-    for t, u, m, s in zip(thetas, factor_updates, ms, selected):
+    theta_updates, ms_next, thetas_next = [], [], []
+    for t, u, m, b, s in zip(thetas, factor_updates, ms, betas, selected):
       if not s:
-        new_updates.append(u)
-        new_ms.append(optax.MaskedNode())
+        theta_updates.append(u)
+        ms_next.append(optax.MaskedNode())
+        thetas_next.append(t)
         continue
-      m_next = m + u.m
       # m' w' - theta with w = theta / m, expanded so that no cancellation occurs and a zero
       # inner update gives exactly zero: (m + u_m)(theta / m + u_w) - theta.
-      # (m' is not reused here: reading it back would cost one more pass over memory.)
-      new_updates.append((_div(u.m * t, m) + (m * u.w + u.m * u.w)).astype(t.dtype))
-      new_ms.append(m_next.astype(m.dtype))
+      theta_update = (_div(u.m * t, m) + (m * u.w + u.m * u.w)).astype(t.dtype)
+      # On a reset step the next m is split from theta as the caller's optax.apply_updates
+      # makes it. A select inside the pass that writes m', not a lax.cond: XLA on CPU runs a
+      # conditional's many small fusions one after another, and a branch passing m' through
+      # copies it; the split's two square roots cost less than either.
+      theta_next = (t + theta_update).astype(t.dtype)
+      m_next = jnp.where(is_reset_step, _split_m(theta_next, b), m + u.m)
+      theta_updates.append(theta_update)
+      ms_next.append(m_next.astype(m.dtype))
+      thetas_next.append(theta_next)
 
-    count = optax.safe_int32_increment(state.count)
+    if reset_every is not None and inner_state_at_reset == "reinit":
+      inner_state = _reinit_factor_state(
+          is_reset_step, inner, inner_state, treedef, thetas_next, ms_next, selected)
     new_state = SignInState(
         count=count,
-        reset_pending=(count % reset_every == 0) if reset_every else jnp.zeros([], bool),
-        m=treedef.unflatten(new_ms),
+        m=treedef.unflatten(ms_next),
         beta=state.beta,
         inner_state=inner_state)
-    return treedef.unflatten(new_updates), new_state
+    return treedef.unflatten(theta_updates), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _apply_pending_reset(state, thetas, ms, selected, treedef, inner, reinit):
-  """Re-splits every m from the current theta if the previous update was a reset step."""
-  betas = treedef.flatten_up_to(state.beta)
+def _reinit_factor_state(is_reset_step, inner, inner_state, treedef, thetas, ms, selected):
+  """On a reset step, every Factors node of inner's state becomes that of a fresh inner.init.
 
-  def reset(operands):
-    ms_, inner_state_ = operands
-    ms_ = [_split_m(t, b).astype(m.dtype) if s else m
-           for t, b, m, s in zip(thetas, betas, ms_, selected)]
-    if reinit:
-      inner_state_ = _reinit_factor_state(inner, inner_state_, treedef, thetas, ms_, selected)
-    return ms_, inner_state_
-
-  # lax.cond, not jnp.where: the split (a hypot and a sqrt per weight) runs only at reset
-  # steps, and both branches live in one compiled update. The inner state goes through the
-  # cond only when a reset changes it.
-  ms, reset_inner_state = jax.lax.cond(
-      state.reset_pending, reset, lambda operands: operands,
-      (ms, state.inner_state if reinit else None))
-  return ms, reset_inner_state if reinit else state.inner_state
-
-
-def _reinit_factor_state(inner, inner_state, treedef, thetas, ms, selected):
-  """Replaces every Factors node of inner's state by the one of a fresh inner.init."""
+  A select, which XLA fuses into the pass that writes the state (a fresh state of zeros,
+  as momentum's, costs nothing).
+  """
   fresh = inner.init(_factor_tree(treedef, thetas, ms, selected))
   is_factors = lambda x: isinstance(x, Factors)
-  return jax.tree.map(lambda old, new: new if is_factors(old) else old,
+  select = lambda old, new: jax.tree.map(
+      lambda o, n: jnp.where(is_reset_step, n, o), old, new)
+  return jax.tree.map(lambda old, new: select(old, new) if is_factors(old) else old,
                       inner_state, fresh, is_leaf=is_factors)
 
 
@@ -290,18 +283,15 @@ def find_signin_state(opt_state) -> Optional[SignInState]:
 def factors(params, state: SignInState) -> PyTree:
   """Like params: ``Factors(m, w)`` at reparameterized leaves, ``optax.MaskedNode()`` elsewhere.
 
-  A reset scheduled by the last update (``state.reset_pending``) is applied, so right after a
-  reset step ``m**2 - w**2`` equals the configured beta.
+  Right after a reset step ``m**2 - w**2`` equals the configured beta.
   """
   thetas, treedef = _flatten(params)
   ms = treedef.flatten_up_to(state.m)
-  betas = treedef.flatten_up_to(state.beta)
   out = []
-  for t, m, b in zip(thetas, ms, betas):
+  for t, m in zip(thetas, ms):
     if isinstance(m, optax.MaskedNode):
       out.append(m)
       continue
-    m = jnp.where(state.reset_pending, _split_m(t, b).astype(m.dtype), m)
     out.append(Factors(m, _div(t, m).astype(m.dtype)))
   return treedef.unflatten(out)
 
