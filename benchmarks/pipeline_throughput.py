@@ -8,22 +8,20 @@ parallelism) twice, alternating blocks of ``--block`` steps:
   * fed by the real pipeline: ``input_pipeline.train_iterator`` (TFDS, augmentation, batching)
     moved to the devices by the trainer's ``put_batch`` through its prefetching;
   * fed one device-resident batch, over and over (no input work at all).
-It prints images/s of both and their ratio (goal: at least 0.95). Needs Fashion-MNIST prepared
-(``python -m signin_jax.prepare_data fashion_mnist``).
+The model, masks, optimizer and initial state are the trainer's own (``create_run_start``). It
+prints images/s of both and their ratio (goal: at least 0.95). The dataset is prepared first if
+needed, as main.py does.
 """
 
-import functools
 import time
 
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 
 from signin_jax import config_validation
 from signin_jax import input_pipeline
-from signin_jax import masks as masks_lib
 from signin_jax import prepare_data
 from signin_jax import train
 
@@ -39,36 +37,15 @@ def main(argv):
   config = _CONFIG.value
   config_validation.validate_config(config)
   prepare_data.ensure_prepared(config.dataset, config.data_dir)  # As main.py does.
-  dataset = input_pipeline.DATASETS[config.dataset]
-  steps_per_epoch = input_pipeline.steps_per_epoch(config.dataset, config.batch_size,
-                                                   data_dir=config.data_dir)
-  num_steps = config.num_epochs * steps_per_epoch
-
-  model = train.create_model(config, num_classes=dataset.num_classes)
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + dataset.image_shape),
-                         train=False)
-  masks = masks_lib.create_masks(jax.random.PRNGKey(1), variables["params"], config.sparsity,
-                                 method=config.mask.method,
-                                 distribution=config.mask.distribution)
-  params = masks_lib.apply_mask(variables["params"], masks)
-  tx = train.create_optimizer(config, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
-                              masks=masks)
-  state = train.TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                           batch_stats=variables.get("batch_stats", {}),
-                           opt_state=tx.init(params), rng=jax.random.PRNGKey(2))
-  step_kwargs = dict(apply_fn=model.apply, num_classes=dataset.num_classes)
-  parallelism = train.make_parallelism(
-      config.parallelism,
-      train_fn=functools.partial(train.train_step, tx=tx,
-                                 label_smoothing=config.label_smoothing, **step_kwargs),
-      eval_fn=functools.partial(train.eval_step, **step_kwargs))
+  run = train.create_run_start(config)  # The trainer's model, masks, optimizer, state.
+  parallelism = train.create_parallelism(config, model=run.model, tx=run.tx,
+                                         num_classes=run.dataset.num_classes)
   mesh_state = parallelism.put_state(train.replicate_from_host(
-      jax.device_get(state), parallelism.replicated))
+      jax.device_get(run.state), parallelism.replicated))
   states = {"pipeline": mesh_state, "resident": mesh_state}
 
   batches = train.prefetch(map(parallelism.put_batch, input_pipeline.train_iterator(
-      config.dataset, global_batch_size=config.batch_size, seed=0, data_dir=config.data_dir,
-      process_index=0, process_count=1)))
+      config.dataset, global_batch_size=config.batch_size, seed=config.seed, **run.data_kwargs)))
   resident = next(batches)
   feeds = {"pipeline": lambda: next(batches), "resident": lambda: resident}
 

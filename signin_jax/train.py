@@ -37,7 +37,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Tuple
 
 from absl import logging
 from etils import epath
@@ -308,6 +308,16 @@ def make_parallelism(mode: str, *, train_fn: Callable, eval_fn: Callable) -> Par
       local=lambda tree: jax.tree.map(first, tree))
 
 
+def create_parallelism(config, *, model, tx, num_classes: int) -> Parallelism:
+  """The config's parallelism around :func:`train_step` and :func:`eval_step` of ``model``."""
+  step_kwargs = dict(apply_fn=model.apply, num_classes=num_classes)
+  return make_parallelism(
+      config.parallelism,
+      train_fn=functools.partial(train_step, tx=tx, label_smoothing=config.label_smoothing,
+                                 **step_kwargs),
+      eval_fn=functools.partial(eval_step, **step_kwargs))
+
+
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
   """Keeps ``size`` items of ``iterator`` in flight (device transfers overlap the step)."""
   queue = collections.deque()
@@ -558,27 +568,23 @@ def _quiet_library_info_logs() -> None:
       absl_logger.addFilter(_DropInfoFrom(fragment))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Trains ``config`` in ``workdir`` (resuming from its checkpoints) and evaluates it.
+class RunStart(NamedTuple):
+  """What a run starts from, all deterministic functions of the config (and its seed)."""
+  dataset: input_pipeline.DatasetInfo
+  steps_per_epoch: int
+  num_steps: int
+  data_kwargs: Dict[str, Any]  # This process's arguments of input_pipeline.train_iterator.
+  model: Any
+  variables: Dict[str, Any]  # The model's initial variables, before masking.
+  input_shape: Tuple[int, ...]
+  masks: Optional[Any]  # None for a dense run.
+  tx: optax.GradientTransformation
+  state: TrainState  # Step 0: masked parameters and the optimizer's initial state.
 
-  Returns the summary also written to ``workdir/summary.json``; if the run was asked to stop
-  (SIGTERM / preemption) it saves a checkpoint and returns ``{'preempted': True, 'step': s}``.
 
-  Raises:
-    ValueError: invalid config (before anything is compiled).
-    NonFiniteLossError: the loss or the state became non-finite; the last good checkpoint stays.
-  """
-  config_validation.validate_config(config)
-  _quiet_library_info_logs()
-  initialize_distributed(config)
-  config_validation.validate_environment(config, device_count=jax.device_count())
-  started = time.time()
-  is_main = jax.process_index() == 0
-  workdir = workdir if metrics.is_remote(workdir) else os.path.abspath(workdir)
-  if is_main:
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    _write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())
-
+def create_run_start(config: ml_collections.ConfigDict) -> RunStart:
+  """The model, masks, optimizer and initial state of a run, as :func:`train_and_evaluate`
+  (and the benchmarks, to measure exactly what it runs) builds them."""
   dataset = input_pipeline.DATASETS[config.dataset]
   steps_per_epoch = input_pipeline.steps_per_epoch(
       config.dataset, config.batch_size, data_dir=config.data_dir,
@@ -588,7 +594,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   data_kwargs = dict(data_dir=config.data_dir, process_index=jax.process_index(),
                      process_count=jax.process_count(), split=config.train_split)
 
-  # Model, masks, optimizer and the initial state (all deterministic functions of the seed).
   model = create_model(config, num_classes=dataset.num_classes)
   input_shape = (1,) + tuple(dataset.image_shape)
   init_key, mask_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
@@ -619,6 +624,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   params, opt_state = initial_params_and_opt_state(params, masks)
   state = TrainState(step=jnp.zeros([], jnp.int32), params=params, batch_stats=batch_stats,
                      opt_state=opt_state, rng=train_key)
+  return RunStart(dataset=dataset, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
+                  data_kwargs=data_kwargs, model=model, variables=variables,
+                  input_shape=input_shape, masks=masks, tx=tx, state=state)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains ``config`` in ``workdir`` (resuming from its checkpoints) and evaluates it.
+
+  Returns the summary also written to ``workdir/summary.json``; if the run was asked to stop
+  (SIGTERM / preemption) it saves a checkpoint and returns ``{'preempted': True, 'step': s}``.
+
+  Raises:
+    ValueError: invalid config (before anything is compiled).
+    NonFiniteLossError: the loss or the state became non-finite; the last good checkpoint stays.
+  """
+  config_validation.validate_config(config)
+  _quiet_library_info_logs()
+  initialize_distributed(config)
+  config_validation.validate_environment(config, device_count=jax.device_count())
+  started = time.time()
+  is_main = jax.process_index() == 0
+  workdir = workdir if metrics.is_remote(workdir) else os.path.abspath(workdir)
+  if is_main:
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    _write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())
+
+  # Model, masks, optimizer and the initial state (all deterministic functions of the seed).
+  run = create_run_start(config)
+  dataset, model, masks, tx = run.dataset, run.model, run.masks, run.tx
+  steps_per_epoch, num_steps, data_kwargs = run.steps_per_epoch, run.num_steps, run.data_kwargs
+  state, params = run.state, run.state.params
   tracked = metrics.by_layer(masks_lib.prunable(params))
   tracked = [name for name, is_prunable in tracked.items() if is_prunable]
   weights = {k: v for k, v in metrics.by_layer(jax.device_get(params)).items() if k in tracked}
@@ -660,19 +696,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   host_extras = jax.tree.map(_local_replica, canonical_extras)
   mask_layers = host_extras["masks"]
 
-  step_kwargs = dict(apply_fn=model.apply, num_classes=dataset.num_classes)
-  parallelism = make_parallelism(
-      config.parallelism,
-      train_fn=functools.partial(train_step, tx=tx, label_smoothing=config.label_smoothing,
-                                 **step_kwargs),
-      eval_fn=functools.partial(eval_step, **step_kwargs))
+  parallelism = create_parallelism(config, model=model, tx=tx, num_classes=dataset.num_classes)
   state = parallelism.put_state(canonical_state)
   start_step = int(parallelism.local(state.step))
 
   writer = metrics.create_writer(workdir, is_main_process=is_main)
   if is_main:
     if masks is not None:
-      positions = models.output_positions(model, variables, input_shape)
+      positions = models.output_positions(model, run.variables, run.input_shape)
       logging.info("Per-layer density:\n%s", masks_lib.format_summary(
           masks_lib.summary(params, masks, positions=positions)))
     logging.info("Training %s on %s for %d steps (%d per epoch, global batch %d) on %d %s "

@@ -1,0 +1,28 @@
+"""The benchmark scripts run (their numbers are measured by hand: README, Performance).
+
+Only the quick one runs here, on the real Fashion-MNIST with a tiny model and two timed steps:
+it builds its run with the trainer's own create_run_start, so a change there that breaks it
+shows up in the suite instead of on a user's machine.
+"""
+import os
+import re
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_pipeline_throughput_prints_both_rates_and_their_ratio(fashion_mnist_dir):
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/pipeline_throughput.py",
+       f"--config.data_dir={fashion_mnist_dir}", "--config.model=small_cnn", "--config.width=4",
+       "--steps=2", "--block=1"],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rates = {kind: float(value.replace(",", "")) for kind, value in re.findall(
+      r"(real input pipeline|device-resident batch)\s+([\d,]+) images/s", proc.stdout)}
+  assert set(rates) == {"real input pipeline", "device-resident batch"}, proc.stdout
+  assert all(r > 0 for r in rates.values())
+  ratio = float(re.search(r"ratio\s+([\d.]+)", proc.stdout).group(1))
+  assert abs(ratio - rates["real input pipeline"] / rates["device-resident batch"]) < 2e-3
