@@ -115,15 +115,22 @@ def train_step_ratio(repeats):
   # The trainer's own optimizer and train step, as configs/cifar10_r20.py builds them.
   from configs import cifar10_r20  # pylint: disable=g-import-not-at-top
   from signin_jax import train  # pylint: disable=g-import-not-at-top  (needs flax)
+  from signin_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config = cifar10_r20.get_config()
-  batch_size, num_classes, steps_per_epoch = 128, 10, 390
-  model = models.get_model("resnet20", num_classes=num_classes)
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  # CIFAR-10 itself is not needed (nor available here): a random batch, and the steps per
+  # epoch that its training split gives.
+  dataset = input_pipeline.DATASETS[config.dataset]
+  batch_size, num_classes = config.batch_size, dataset.num_classes
+  steps_per_epoch = dataset.num_train // batch_size
+  model = train.create_model(config, num_classes=num_classes)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + dataset.image_shape),
+                         train=False)
   mask = masks_lib.create_masks(jax.random.PRNGKey(1), variables["params"], 0.9,
                                 method="random", distribution="erk")
   params = masks_lib.apply_mask(variables["params"], mask)
   rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.normal(size=(batch_size, 32, 32, 3)), jnp.float32),
+  batch = {"image": jnp.asarray(rng.normal(size=(batch_size,) + dataset.image_shape),
+                                jnp.float32),
            "label": jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32)}
 
   def runner(signin_enabled):
