@@ -24,12 +24,13 @@ import jax
 import numpy as np
 import optax
 
+from signin_jax import masks as masks_lib
+
 TOTAL = "total"
 
 
-def layer_name(path) -> str:
-  """'Conv_0/kernel' for the key path of ``params['Conv_0']['kernel']``."""
-  return jax.tree_util.keystr(path, simple=True, separator="/")
+# 'Conv_0/kernel' for the key path of ``params['Conv_0']['kernel']``: the masks' own naming.
+layer_name = masks_lib.path_str
 
 
 def by_layer(tree) -> Dict[str, Any]:
