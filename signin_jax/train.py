@@ -61,6 +61,11 @@ from signin_jax import signin
 PMAP_AXIS = "batch"
 MESH_AXIS = "data"
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Train (and eval) steps dispatched ahead of the host. One step of look-ahead keeps a device
+# busy; a deeper queue only holds memory, and with several CPU processes (gloo collectives)
+# a queue of ~100 steps, or of evaluation batches and eager additions, deadlocked (reproduced
+# by tests/test_multiprocess.py).
+MAX_STEPS_IN_FLIGHT = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,17 +538,24 @@ def _write_atomically(path: str, data: bytes) -> None:
 
 def evaluate(parallelism: Parallelism, state, config) -> Dict[str, float]:
   """Test loss and accuracy over every test example exactly once."""
-  totals = None
+  totals = collections.Counter()
+  in_flight = collections.deque()
   for batch in input_pipeline.eval_iterator(
       config.dataset, global_batch_size=config.batch_size, data_dir=config.data_dir,
       process_index=jax.process_index(), process_count=jax.process_count(),
       split=config.eval_split):
-    sums = parallelism.eval_step(state, parallelism.put_batch(batch))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = parallelism.local(totals)
-  count = float(totals["count"])
-  return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,
+    in_flight.append(parallelism.eval_step(state, parallelism.put_batch(batch)))
+    if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+      totals.update(_host_floats(parallelism.local(in_flight.popleft())))
+  for sums in in_flight:
+    totals.update(_host_floats(parallelism.local(sums)))
+  count = totals["count"]
+  return {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count,
           "count": int(count)}
+
+
+def _host_floats(sums) -> Dict[str, float]:
+  return {k: float(v) for k, v in sums.items()}
 
 
 class _DropInfoFrom(logging_std.Filter):
@@ -754,6 +766,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       entering_last_step = state if step % steps_per_epoch == 0 or step == num_steps else None
       state, step_metrics = parallelism.train_step(state, next(train_iter))
       pending.append(step_metrics)
+      if len(pending) > MAX_STEPS_IN_FLIGHT:
+        jax.block_until_ready(pending[-1 - MAX_STEPS_IN_FLIGHT])
       if step == start_step + 1:
         jax.block_until_ready(step_metrics)
         logging.info("First step (compilation included) took %.1f s.",
