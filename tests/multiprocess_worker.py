@@ -4,7 +4,8 @@
 
 SPEC: ``{"process_id", "num_processes", "coordinator" (None: single process), "result",
 "runs": [{"workdir", "parallelism", "num_train_steps", "global_batches_of": null | 2,
-"corrupt_masks_on": null | process id, "mask_method": optional}]}``. Every run calls ``train.train_and_evaluate`` on
+"corrupt_masks_on": null | process id, optional "mask_method", "log_every_steps",
+"checkpoint_every_steps", "num_train", "num_eval"}]}``. Every run calls ``train.train_and_evaluate`` on
 the id-carrying TFDS mock of tests/test_input_pipeline.py and records, for the test to check:
 
 * ``batches``: the example ids of every training batch the trainer's pipeline handed it, by
@@ -12,7 +13,8 @@ the id-carrying TFDS mock of tests/test_input_pipeline.py and records, for the t
 * ``writes``: every file this process opened for writing, renamed or created under the workdir
   outside ``checkpoints/`` (Python's audit hooks; TensorBoard's C++ writer is identified by the
   pid in its file name instead);
-* ``error``: the message of an exception the run raised (e.g. different masks).
+* ``error``: the message of an exception the run raised (e.g. different masks);
+* ``returned``: what ``train_and_evaluate`` returned (the summary, or the preemption record).
 
 ``global_batches_of: 2`` (single-process reference runs only) feeds the trainer, at every step,
 the global batch a 2-process run reads: process 0's slice then process 1's, each from the same
@@ -105,8 +107,8 @@ def main(spec_path):
     config.num_train_steps = run["num_train_steps"]
     config.parallelism = run["parallelism"]
     config.mask.method = run.get("mask_method", config.mask.method)
-    config.checkpoint_every_steps = 5
-    config.log_every_steps = 4
+    config.checkpoint_every_steps = run.get("checkpoint_every_steps", 5)
+    config.log_every_steps = run.get("log_every_steps", 4)
     if spec["coordinator"]:
       config.distributed = True
       config.distributed_coordinator = spec["coordinator"]
@@ -114,12 +116,14 @@ def main(spec_path):
       config.process_id = spec["process_id"]
     corrupt = run.get("corrupt_masks_on") == spec["process_id"]
     masks_lib.create_masks = corrupted_create_masks if corrupt else real_create_masks
-    record = {"workdir": run["workdir"], "batches": [], "writes": [], "error": None}
+    record = {"workdir": run["workdir"], "batches": [], "writes": [], "error": None,
+              "returned": None}
     current.update(spec=run, record=record, workdir=os.path.abspath(run["workdir"]))
     writes_hook_active.append(True)
     try:
-      with indexed_mock(num_train=NUM_TRAIN, num_eval=NUM_EVAL):
-        train.train_and_evaluate(config, run["workdir"])
+      with indexed_mock(num_train=run.get("num_train", NUM_TRAIN),
+                        num_eval=run.get("num_eval", NUM_EVAL)):
+        record["returned"] = train.train_and_evaluate(config, run["workdir"])
     except train.MaskMismatchError as e:
       record["error"] = str(e)
     finally:

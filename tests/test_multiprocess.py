@@ -9,7 +9,8 @@ per epoch), for ``parallelism='pmap'`` and ``'jit'``. Three launches:
 
 1. 2 processes: an uninterrupted 12-step run per mode (checkpoints at steps 5, 10, 12);
 2. 2 new processes: each mode resumed from the first run's step-5 checkpoint alone; then a run
-   in which process 1 computes a different mask;
+   in which process 1 computes a different mask, one with SNIP masks, and per mode a 200-step
+   run that never waits for the devices before its end (LONG_QUEUE);
 3. 1 process with 4 devices, concurrently with 2: each mode on the same global batches (see the
    worker), and each mode resumed from the 2-process step-5 checkpoint.
 
@@ -40,6 +41,10 @@ WORKER = os.path.join(REPO, "tests", "multiprocess_worker.py")
 MODES = ("pmap", "jit")
 NUM_STEPS, RESUME_STEP, STEPS_PER_EPOCH = 12, 5, 8
 LAUNCH_TIMEOUT = 300  # Seconds per launch; the whole module takes ~2 minutes here.
+# A run that never syncs with the host on its own: no log line, checkpoint or epoch end before
+# its last step, then 100 evaluation batches (before train.MAX_STEPS_IN_FLIGHT, this hung).
+LONG_QUEUE = dict(num_train_steps=200, log_every_steps=10**4, checkpoint_every_steps=10**4,
+                  num_train=1600, num_eval=800)
 
 
 def free_port() -> int:
@@ -122,7 +127,8 @@ def launches(tmp_path_factory):
   resumed = start(root, "resumed", processes=2, devices=2,
                   runs=[run(wd("resumed", m), m) for m in MODES]
                   + [run(wd("corrupt"), "jit", corrupt_masks_on=1), run(wd("snip_two"), "jit",
-                                                                       **snip)])
+                                                                       **snip)]
+                  + [run(wd("long_queue", m), m, **LONG_QUEUE) for m in MODES])
   one = start(root, "one", processes=1, devices=4,
               runs=[run(wd("one", m), m, global_batches_of=2) for m in MODES]
               + [run(wd("resumed_on_one", m), m, global_batches_of=2) for m in MODES]
@@ -239,6 +245,43 @@ def test_a_process_with_other_masks_stops_the_run(launches):
   for error in errors:  # Both processes stop, with the same message naming process 1.
     assert error and "masks differ between processes: process(es) [1]" in error
   assert not os.path.exists(os.path.join(launches["wd"]("corrupt"), "checkpoints"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_long_queue_of_steps_and_evaluation_batches_completes(launches, mode):
+  done = summary(launches["wd"]("long_queue", mode))  # Both processes exited 0 in time.
+  assert done["steps"] == LONG_QUEUE["num_train_steps"]
+  assert done["test_examples"] == LONG_QUEUE["num_eval"]
+
+
+def test_sigterm_to_one_process_stops_both_at_one_checkpoint_that_resumes(tmp_path):
+  """A preemption notice reaching one process (JAX's preemption service) stops every process at
+  the same step, after a checkpoint of that step; new processes continue from it."""
+  root = str(tmp_path)
+  workdir = os.path.join(root, "preempted")
+  endless = dict(workdir=workdir, parallelism="jit", num_train_steps=10**6)
+  launch = start(root, "preempted", processes=2, devices=2, runs=[endless])
+  try:
+    deadline = time.time() + LAUNCH_TIMEOUT
+    while "First step" not in open(launch["logs"][1]).read():
+      assert launch["procs"][1].poll() is None and time.time() < deadline, (
+          open(launch["logs"][1]).read()[-3000:])
+      time.sleep(0.2)
+    launch["procs"][1].send_signal(signal.SIGTERM)
+  except BaseException:
+    _kill(launch)
+    raise
+  returned = [r["runs"][0]["returned"] for r in finish(launch)]  # Both exited 0.
+  assert returned[0] == returned[1] and returned[0]["preempted"] is True, returned
+  step = returned[0]["step"]
+  assert 0 < step < endless["num_train_steps"]
+  assert step in [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))]
+
+  resumed = finish(start(root, "after", processes=2, devices=2,
+                         runs=[dict(endless, num_train_steps=step + 3)]))
+  for r in resumed:
+    assert r["runs"][0]["batches"][0][0] == step + 1
+    assert r["runs"][0]["returned"]["steps"] == step + 3
 
 
 # --- Single-process pieces of the above -------------------------------------------------------
