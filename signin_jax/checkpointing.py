@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from signin_jax import metrics
+
 ITEMS = ("state", "extras", "meta")
 
 
@@ -54,7 +56,7 @@ def create_manager(directory: str, *, keep: int) -> ocp.CheckpointManager:
 
   Temporary directories of saves that never completed are reported, then removed by orbax.
   """
-  if "://" not in directory:  # Local; URLs (gs://...) are absolute already.
+  if not metrics.is_remote(directory):  # URLs (gs://...) are absolute already.
     directory = os.path.abspath(directory)
   path = epath.Path(directory)
   if jax.process_index() == 0 and path.is_dir():
