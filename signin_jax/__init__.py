@@ -16,6 +16,8 @@ from signin_jax.signin import (
     factors,
     find_signin_state,
     merge,
+    merge_factors,
+    schedule_free_eval_params,
     sign_in,
     split,
 )

@@ -109,7 +109,7 @@ def state_keeps_parameter_sharding():
   for name in ("hidden", "out"):
     want = shardings[name]["kernel"]
     for arr in (params[name]["kernel"], state.m[name]["kernel"],
-                state.inner_state[1][0].trace[name]["kernel"].m):
+                state.inner_state[1][0].trace.m[name]["kernel"]):
       assert arr.sharding.is_equivalent_to(want, arr.ndim), (name, arr.sharding, want)
 
 
