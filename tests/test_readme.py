@@ -1,13 +1,14 @@
-"""The README's "Sign-In in your own training loop" snippet runs as printed.
+"""The README's "Sign-In in your own training loop" snippets (Linen and NNX) run as printed.
 
-The snippet is taken from README.md itself and executed with the names it leaves to the user
-(a Flax model, a key, an input, a loss and a batch) bound to a small MLP; its training steps
-are then repeated, and the result must be a trained, exactly sparse model.
+The snippets are taken from README.md itself and executed with the names they leave to the user
+(a Flax model, a key, an input, a loss and batches) bound to a small MLP; their training steps
+run 20 times (four re-splits), and the result must be a trained, exactly sparse model.
 """
 import os
 import re
 
 import flax.linen as nn
+from flax import nnx
 import jax
 import numpy as np
 import optax
@@ -17,11 +18,12 @@ from signin_jax import signin
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 
-def readme_snippet():
+def readme_snippets():
+  """The section's python blocks: [Linen, NNX]."""
   with open(README, encoding="utf-8") as f:
     text = f.read()
-  section = text.split("## Sign-In in your own training loop", 1)[1]
-  return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  section = text.split("## Sign-In in your own training loop", 1)[1].split("\n## ", 1)[0]
+  return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
 class MLP(nn.Module):
@@ -33,7 +35,7 @@ class MLP(nn.Module):
 
 
 def test_readme_training_loop_snippet_trains_a_sparse_model():
-  snippet = readme_snippet()
+  snippet = readme_snippets()[0]
   setup, step = snippet.split("\ngrads = ", 1)
   step = "grads = " + step
   model = MLP()
@@ -53,10 +55,47 @@ def test_readme_training_loop_snippet_trains_a_sparse_model():
 
   params, mask = scope["params"], scope["mask"]
   assert float(loss_fn(params, scope["batch"])) < initial_loss  # it trains
+  assert_exactly_sparse(params, mask)
+  assert int(signin.find_signin_state(scope["opt_state"]).count) == 20
+
+
+def assert_exactly_sparse(params, mask):
   for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)):
     m = np.asarray(m, bool)
     assert np.all(np.asarray(p)[~m] == 0.0)
   kernels = [m for m in jax.tree.leaves(mask) if m.ndim >= 2]
   kept = sum(int(np.sum(np.asarray(m, bool))) for m in kernels)
   assert kept == round(0.1 * sum(m.size for m in kernels))
-  assert int(signin.find_signin_state(scope["opt_state"]).count) == 20
+
+
+class NnxMLP(nnx.Module):
+
+  def __init__(self, rngs):
+    self.hidden = nnx.Linear(64, 64, rngs=rngs)
+    self.out = nnx.Linear(64, 10, rngs=rngs)
+
+  def __call__(self, x):
+    return self.out(nnx.relu(self.hidden(x.reshape((x.shape[0], -1)))))
+
+
+def test_readme_nnx_snippet_trains_a_sparse_model():
+  snippet = readme_snippets()[1]
+  assert "nnx.Optimizer(" in snippet
+  model = NnxMLP(nnx.Rngs(0))
+  x = jax.random.normal(jax.random.PRNGKey(1), (32, 8, 8, 1))
+  labels = jax.random.randint(jax.random.PRNGKey(2), (32,), 0, 10)
+
+  def loss_fn(model, batch):
+    logits = model(batch[0])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+
+  scope = {"model": model, "key": jax.random.PRNGKey(0), "loss_fn": loss_fn,
+           "batches": [(x, labels)] * 20, "steps_per_epoch": 5}
+  initial_loss = float(loss_fn(model, (x, labels)))
+  exec(snippet, scope)  # pylint: disable=exec-used
+  assert float(loss_fn(model, (x, labels))) < initial_loss  # it trains
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  assert_exactly_sparse(params, nnx.to_pure_dict(scope["mask"]))
+  assert int(scope["optimizer"].step[...]) == 20
+  sign_in_state = signin.find_signin_state(nnx.as_pure(scope["optimizer"].opt_state))
+  assert int(sign_in_state.count) == 20
