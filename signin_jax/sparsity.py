@@ -80,7 +80,7 @@ class SparseTrainingState(NamedTuple):
   Attributes:
     count: number of updates taken (int32).
     masks: bool tree like params: True = kept (always True at non-prunable leaves).
-    key: PRNG key of random growth (SET); split at every mask update.
+    key: PRNG key of random growth (SET); split at every update.
     inner_state: the wrapped optimizer's state.
   """
   count: jax.Array

@@ -77,3 +77,15 @@ def test_rigl_update_drops_smallest_and_grows_largest_gradient():
   want = np.zeros(t.size, bool)
   want[kept] = want[grown] = True
   np.testing.assert_array_equal(np.asarray(new).ravel(), want)
+
+
+def test_gmp_counts_follow_the_cubic():
+  params = _params()
+  schedule = sparsity.gmp(params, sparsity=0.8, start_step=2, end_step=20, update_every=5,
+                          distribution="uniform")
+  assert schedule.update_steps == (2, 7, 12, 17, 20)  # the period, then the end step itself
+  for t, row in zip(schedule.update_steps, schedule.target_counts):
+    s_t = 0.8 * (1 - (1 - (t - 2) / 18) ** 3)  # Zhu and Gupta's Eq. 1 with s_i = 0
+    # uniform budget: every layer keeps (1 - s_t) of its weights, up to the exact total's rounding
+    for count, size in zip(row, (200, 50)):
+      assert abs(count - (1 - s_t) * size) <= 1, (t, count, size)
