@@ -22,6 +22,9 @@ BETA_SCALES = ("absolute", "weight_scale")
 _SPLIT_PART = r"[A-Za-z_]+(\[-?\d*%?:-?\d*%?\])?"
 _SPLIT = re.compile(rf"{_SPLIT_PART}(\+{_SPLIT_PART})*")
 LR_SCHEDULES = ("cosine", "step")
+# jax.random.PRNGKey and the data pipeline's numpy SeedSequence take any non-negative integer;
+# 2**31 - 1 keeps the seed a valid int32 / TensorFlow seed everywhere.
+SEED_MAX = 2**31 - 1
 
 
 def _fail(field: str, value: Any, allowed: str):
@@ -101,7 +104,7 @@ def validate_config(config) -> None:
   _boolean(config, "nesterov")
   _number(config, "weight_decay", low=0)
   _number(config, "label_smoothing", low=0, high=1, high_open=True)
-  _number(config, "seed", integer=True)
+  _number(config, "seed", low=0, high=SEED_MAX, integer=True)
 
   _number(config, "sparsity", low=0, high=1, high_open=True)
   _one_of(config, "mask.method", masks_lib.METHODS)
@@ -182,3 +185,10 @@ def validate_environment(config, *, device_count: int) -> None:
         f"`python -m signin_jax.prepare_data {config.dataset}"
         f"{' --data_dir=' + config.data_dir if config.data_dir else ''}` (main.py does this "
         "itself), or set config.data_dir to where it is prepared.")
+  info = input_pipeline.DATASETS[config.dataset]
+  for field, default in (("train_split", info.train_split), ("eval_split", info.eval_split)):
+    split = _get(config, field) or default
+    if input_pipeline.num_examples(config.dataset, split, data_dir=config.data_dir) == 0:
+      _fail(field, _get(config, field),
+            f"selects no examples of {config.dataset}'s split {split!r}; give a non-empty "
+            "split such as 'train', 'train[:50000]' or 'test'")

@@ -207,6 +207,13 @@ def _split_size(builder, split) -> int:
     return sum(1 for _ in ds.map(lambda ex: ex["label"]).as_numpy_iterator())
 
 
+def num_examples(name: str, split: Optional[str] = None, *,
+                 data_dir: Optional[str] = None) -> int:
+  """Examples in ``split`` of a prepared dataset (default: its training split)."""
+  info = _check_name(name)
+  return _split_size(tfds_module().builder(name, data_dir=data_dir), split or info.train_split)
+
+
 def _shard_sizes(name: str, split: str, process_count: int,
                  data_dir: Optional[str]) -> List[int]:
   builder = tfds_module().builder(name, data_dir=data_dir)

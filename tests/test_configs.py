@@ -87,6 +87,8 @@ BAD_VALUES = [
     ("num_processes", 0, "num_processes"),
     ("process_id", -1, "process_id"),
     ("num_processes", 2, "num_processes"),  # Without config.distributed=True.
+    ("seed", -1, "seed"),  # jax.random.PRNGKey would take it; the data pipeline would not.
+    ("seed", 2**31, "seed"),
 ]
 
 
@@ -160,3 +162,22 @@ def test_train_and_evaluate_validates_before_building_anything(tmp_path, monkeyp
   with pytest.raises(ValueError, match="config.dataset="):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("field", ["train_split", "eval_split"])
+def test_an_empty_split_is_refused_before_anything_is_built(fashion_mnist_dir, tmp_path,
+                                                             monkeypatch, field):
+  # Real data: TFDS's mock data ignores slices, so an empty split exists only in a real build.
+  def must_not_run(*args, **kwargs):
+    raise AssertionError("the model was built before the splits were checked")
+
+  monkeypatch.setattr(train, "create_model", must_not_run)
+  config = load("fashion_mnist_quickstart")
+  config.data_dir = fashion_mnist_dir
+  config[field] = "test[:0]"
+  with pytest.raises(ValueError, match=rf"config.{field}='test\[:0\]' is invalid: selects no "
+                                       "examples"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  config[field] = "test[:200]"  # Non-empty: passes this check (and reaches the model).
+  with pytest.raises(AssertionError, match="model was built"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
