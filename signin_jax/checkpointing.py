@@ -6,7 +6,7 @@ A checkpoint ``<directory>/<step>/`` holds three items:
   factors, step, RNG), as global arrays replicated over all devices;
 * ``extras``: host-side tensors the run needs to continue identically (masks, sign references);
 * ``meta``: JSON: the step, the data position (batches consumed), elapsed time, a fingerprint
-  of the trees' structure, and a checksum of every array.
+  of the trees' structure, a checksum of every array, and a digest of the metadata itself.
 
 Saving is collective (every process calls :func:`save`; orbax coordinates who writes what) and
 atomic: orbax writes into a temporary directory and renames it when complete, so a process
@@ -23,6 +23,7 @@ any single element always changes the checksum.
 """
 
 import hashlib
+import json
 import os
 import time
 from typing import Any, Callable, Dict, NamedTuple, Optional
@@ -144,10 +145,17 @@ def save(manager: ocp.CheckpointManager, step: int, *, state, extras, meta: Dict
               fingerprint={"state": structure_fingerprint(state),
                            "extras": structure_fingerprint(extras)},
               checksums=checksums)
+  meta["meta_digest"] = _meta_digest(meta)
   manager.save(step, force=True, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       extras=ocp.args.StandardSave(extras),
       meta=ocp.args.JsonSave(meta)))
+
+
+def _meta_digest(meta: Dict[str, Any]) -> str:
+  """SHA-256 of the metadata's canonical JSON, without the digest itself."""
+  body = {k: v for k, v in meta.items() if k != "meta_digest"}
+  return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _restore_verified(manager, step, state_target, extras_target) -> Restored:
@@ -157,6 +165,10 @@ def _restore_verified(manager, step, state_target, extras_target) -> Restored:
     raise CorruptCheckpointError(f"metadata unreadable: {e!r}") from e
   if not isinstance(meta, dict) or "checksums" not in meta or "fingerprint" not in meta:
     raise CorruptCheckpointError(f"metadata incomplete: {meta!r}")
+  # Without its own digest, an edited fingerprint would read as "another config" (an error
+  # that stops the run) instead of as the corruption it is. Older checkpoints have none.
+  if "meta_digest" in meta and meta["meta_digest"] != _meta_digest(meta):
+    raise CorruptCheckpointError("metadata digest mismatch (the metadata was altered)")
   expected = {"state": structure_fingerprint(state_target),
               "extras": structure_fingerprint(extras_target)}
   if meta["fingerprint"] != expected:

@@ -181,7 +181,8 @@ def test_checksum_mismatch_and_structure_mismatch(tmp_path):
   manager.wait_until_finished()
   meta_path = tmp_path / "ckpt" / "2" / "meta" / "metadata"
   meta = json.loads(meta_path.read_text())
-  meta["checksums"]["state"][1] += 1  # As if one array no longer read back as written.
+  meta["checksums"]["state"][1] += 1  # As if one array no longer read back as written ...
+  meta["meta_digest"] = checkpointing._meta_digest(meta)  # ... with self-consistent metadata.
   meta_path.write_text(json.dumps(meta))
   messages = []
   restored = checkpointing.restore_latest_good(
@@ -195,6 +196,30 @@ def test_checksum_mismatch_and_structure_mismatch(tmp_path):
         manager, state_target={"w": jnp.zeros((4, 2))}, extras_target={"m": jnp.zeros(2, bool)},
         quarantine_dir=str(tmp_path / "bad"))
   assert manager.all_steps() == [1]  # A config mistake moves nothing.
+  manager.close()
+
+
+def test_edited_fingerprint_is_corruption_not_another_config(tmp_path):
+  """One hex digit of the newest checkpoint's structure fingerprint edited: that checkpoint is
+  set aside like any other corruption and the previous one is restored (a genuinely different
+  structure, with intact metadata, still raises: the test above)."""
+  manager = checkpointing.create_manager(str(tmp_path / "ckpt"), keep=3)
+  for step in (1, 2):
+    checkpointing.save(manager, step, state=_tiny_state(step), extras={"m": jnp.ones(2, bool)},
+                       meta={"data_position": step})
+  manager.wait_until_finished()
+  meta_path = tmp_path / "ckpt" / "2" / "meta" / "metadata"
+  meta = json.loads(meta_path.read_text())
+  digit = meta["fingerprint"]["state"][0]
+  meta["fingerprint"]["state"] = ("0" if digit != "0" else "1") + meta["fingerprint"]["state"][1:]
+  meta_path.write_text(json.dumps(meta))
+  messages = []
+  restored = checkpointing.restore_latest_good(
+      manager, state_target=_tiny_state(0), extras_target={"m": jnp.zeros(2, bool)},
+      quarantine_dir=str(tmp_path / "bad"), log=messages.append)
+  assert restored.step == 1 and float(restored.state["w"][0, 0]) == 1.0
+  assert len(messages) == 1 and "metadata digest mismatch" in messages[0]
+  assert manager.all_steps() == [1] and len(os.listdir(tmp_path / "bad")) == 1
   manager.close()
 
 
