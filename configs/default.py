@@ -55,6 +55,37 @@ def get_config() -> ml_collections.ConfigDict:
   config.mask.dense_layers = ()  # Regexes of parameter paths kept dense.
   config.mask.sparsity_aware_init = False  # Rescale the init to the kept fan-in.
 
+  # How the mask changes during training (signin_jax.sparsity). Times are fractions of the run
+  # (of num_train_steps updates), so a schedule is complete for any run length.
+  #   'static': the mask chosen at initialization (config.mask) is kept: pruning at init (PaI).
+  #   'gmp':  gradual magnitude pruning (Zhu and Gupta 2017) from the dense network: sparsity
+  #           s_f + (s_i - s_f) (1 - (t - start) / (end - start))**3 with s_i =
+  #           initial_sparsity and s_f = config.sparsity, pruning the smallest |theta| every
+  #           update_every_steps from `start` to `end`, with config.mask.distribution and
+  #           config.mask.scope ('layer' or 'global').
+  #   'acdc': AC/DC (Peste et al. 2021) from the dense network: dense `warmup`, then sparse and
+  #           dense phases of `phase` each (top-|theta| masks at config.sparsity), then a sparse
+  #           `final` fine-tune.
+  #   'rigl': RigL (Evci et al. 2020) from config.mask's initial mask: every update_every_steps
+  #           from `start` to `end`, each layer drops drop_fraction (cosine-annealed) of its
+  #           weights with the smallest |theta| and grows as many with the largest dense |grad|.
+  #   'set':  SET (Mocanu et al. 2018): as 'rigl', growing at random.
+  # Dropped and grown weights restart from 0 with zeroed optimizer state (Sign-In: m =
+  # sqrt(beta)); config.signin.enabled combines with every method.
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.method = "static"
+  config.schedule.update_every_steps = 100  # gmp, rigl, set (RigL's Delta T).
+  config.schedule.start = 0.0  # gmp, rigl, set: first update, as a fraction of the run.
+  config.schedule.end = 0.75  # gmp: target reached; rigl, set: last update (RigL: 75 %).
+  config.schedule.initial_sparsity = 0.0  # gmp: s_i.
+  config.schedule.drop_fraction = 0.3  # rigl, set: alpha (RigL).
+  config.schedule.drop_fraction_anneal = "cosine"  # rigl, set: 'cosine' or 'constant'.
+  # acdc, fractions of the run; ours from Peste et al.'s 100-epoch ImageNet schedule (10 dense
+  # warm-up epochs, 5-epoch phases, 10 final sparse epochs).
+  config.schedule.warmup = 0.1
+  config.schedule.phase = 0.05
+  config.schedule.final = 0.1
+
   # Sign-In (theta = m * w, re-split every reset_every_epochs epochs with m**2 - w**2 = beta).
   config.signin = ml_collections.ConfigDict()
   config.signin.enabled = True

@@ -13,6 +13,7 @@ from signin_jax import input_pipeline
 from signin_jax import masks as masks_lib
 from signin_jax import models
 from signin_jax import signin
+from signin_jax import sparsity
 
 PARALLELISM = ("jit", "pmap")
 DTYPES = ("float32", "bfloat16")
@@ -120,6 +121,8 @@ def validate_config(config) -> None:
       _fail("mask.dense_layers", dense_layers, f"must be regular expressions; {pattern!r} is not ({e})")
   _boolean(config, "mask.sparsity_aware_init")
 
+  _validate_schedule(config)
+
   for field in ("train_split", "eval_split"):
     value = _get(config, field)
     if value is not None and not (isinstance(value, str) and _SPLIT.fullmatch(value)):
@@ -139,6 +142,45 @@ def validate_config(config) -> None:
   _number(config, "log_every_steps", low=1, integer=True)
   _number(config, "checkpoint_every_steps", low=1, integer=True)
   _number(config, "keep_checkpoints", low=1, integer=True)
+
+
+def _validate_schedule(config) -> None:
+  _one_of(config, "schedule.method", sparsity.SCHEDULES)
+  method = config.schedule.method
+  if method == "static":
+    return
+  if config.sparsity == 0.0:
+    _fail("schedule.method", method, "needs config.sparsity > 0 (a dense run has no mask to "
+          "change); use 'static' for the dense baseline")
+  if method in ("rigl", "set") and config.mask.scope != "layer":
+    _fail("mask.scope", config.mask.scope,
+          f"must be 'layer' with config.schedule.method={method!r} (RigL and SET keep each "
+          "layer's count)")
+  if method in ("gmp", "rigl", "set"):
+    _number(config, "schedule.update_every_steps", low=1, integer=True)
+    _number(config, "schedule.start", low=0, high=1)
+    _number(config, "schedule.end", low=0, high=1)
+    if config.schedule.end < config.schedule.start or (
+        method == "gmp" and config.schedule.end == config.schedule.start):
+      _fail("schedule.end", config.schedule.end,
+            f"must be {'>' if method == 'gmp' else '>='} config.schedule.start="
+            f"{config.schedule.start}")
+  if method == "gmp":
+    _number(config, "schedule.initial_sparsity", low=0)
+    if not config.schedule.initial_sparsity < config.sparsity:
+      _fail("schedule.initial_sparsity", config.schedule.initial_sparsity,
+            f"must be >= 0 and < config.sparsity={config.sparsity}")
+  if method in ("rigl", "set"):
+    _number(config, "schedule.drop_fraction", low=0, low_open=True, high=1)
+    _one_of(config, "schedule.drop_fraction_anneal", sparsity.DROP_FRACTION_ANNEALS)
+  if method == "acdc":
+    _number(config, "schedule.warmup", low=0, high=1, high_open=True)
+    _number(config, "schedule.phase", low=0, low_open=True, high=1)
+    _number(config, "schedule.final", low=0, low_open=True, high=1)
+    if config.schedule.warmup + config.schedule.final > 1:
+      _fail("schedule.final", config.schedule.final,
+            f"must be <= 1 - config.schedule.warmup={config.schedule.warmup} (warm-up and "
+            "final fine-tune share the run)")
 
 
 def _validate_distributed(config) -> None:

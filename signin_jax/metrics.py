@@ -9,6 +9,8 @@ Everything here works on host numpy copies of the parameters (one replica), keye
 * measured sparsity of a layer: the fraction of its entries that are exactly 0 in the given
   weights (measured on the weights, not read off the mask).
 * mean beta of a Sign-In layer: the mean of ``m**2 - w**2`` over its unmasked entries.
+* mask changes of a layer between two masks: entries dropped (kept before, not now), grown (the
+  reverse), and the density now.
 
 Totals (``'total'``) weight every layer by its number of counted entries.
 """
@@ -70,6 +72,29 @@ def sign_flip_fractions(weights: Mapping[str, np.ndarray], reference_signs: Mapp
     counted[name] = int(keep.sum())
     flipped[name] = int(np.logical_and(differs, keep).sum())
   return _with_total(counted, flipped)
+
+
+def both_kept(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """``{name: a & b}``: the entries kept in both masks ({} stands for all kept)."""
+  if not a or not b:
+    return dict(a or b)
+  return {name: np.logical_and(a[name], b[name]) for name in a}
+
+
+def mask_changes(previous: Mapping[str, np.ndarray],
+                 current: Mapping[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
+  """Per layer and ``'total'``: ``{'dropped', 'grown', 'density'}``: entries kept in
+  ``previous`` but not in ``current``, the reverse, and the fraction kept in ``current``."""
+  rows = {}
+  for name, now in current.items():
+    now, before = np.asarray(now, bool), np.asarray(previous[name], bool)
+    rows[name] = {"dropped": int(np.sum(before & ~now)), "grown": int(np.sum(~before & now)),
+                  "kept": int(now.sum()), "size": int(now.size)}
+  total = {k: sum(r[k] for r in rows.values()) for k in ("dropped", "grown", "kept", "size")}
+  rows[TOTAL] = total
+  return {name: {"dropped": r["dropped"], "grown": r["grown"],
+                 "density": r["kept"] / r["size"] if r["size"] else 0.0}
+          for name, r in rows.items()}
 
 
 def mean_betas(betas: Mapping[str, np.ndarray],

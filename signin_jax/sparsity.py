@@ -53,6 +53,7 @@ from signin_jax import masks as masks_lib
 from signin_jax import signin
 
 PyTree = Any
+SCHEDULES = ("static", "gmp", "acdc", "rigl", "set")
 DROP_FRACTION_ANNEALS = ("cosine", "constant")
 
 
@@ -182,7 +183,7 @@ def gmp(params, *, sparsity: float, start_step: int, end_step: int, update_every
 
 
 def acdc(params, *, sparsity: float, num_steps: int, warmup_steps: int, phase_steps: int,
-         final_sparse_steps: int, distribution: str = "erk", where=None,
+         final_sparse_steps: int, distribution: str = "erk", scope: str = "layer", where=None,
          dense: Sequence[str] = ()) -> MaskSchedule:
   """AC/DC: alternating compressed / decompressed training (Peste et al. 2021, Alg. 1).
 
@@ -190,7 +191,8 @@ def acdc(params, *, sparsity: float, num_steps: int, warmup_steps: int, phase_st
   starting with a sparse one, until ``num_steps - final_sparse_steps``; then one sparse phase
   to the end (the final fine-tune). At the start of each sparse phase the mask keeps the
   largest ``|theta|`` of each layer (counts of ``masks.layer_densities(params, sparsity,
-  distribution)``); at the start of each dense phase every weight is active again and the
+  distribution)``; ``scope='global'``: the largest across the prunable layers, same total;
+  Peste et al. prune globally); at the start of each dense phase every weight is active again and the
   pruned ones restart from 0. Peste et al. train ImageNet ResNet-50 for 100 epochs: 10 dense
   warm-up epochs, 5-epoch phases and a final sparse phase of the last 10 epochs (our reading of
   their schedule; the trainer's defaults are these fractions of a run). A phase cut short by
@@ -199,6 +201,7 @@ def acdc(params, *, sparsity: float, num_steps: int, warmup_steps: int, phase_st
   """
   _check_steps("acdc", num_steps=num_steps, warmup_steps=warmup_steps,
                phase_steps=phase_steps, final_sparse_steps=final_sparse_steps)
+  masks_lib._check_choice("scope", scope, masks_lib.SCOPES)  # pylint: disable=protected-access
   final_start = num_steps - final_sparse_steps
   if phase_steps < 1 or final_sparse_steps < 1 or not warmup_steps <= final_start:
     raise ValueError(
@@ -228,7 +231,7 @@ def acdc(params, *, sparsity: float, num_steps: int, warmup_steps: int, phase_st
     thetas, _, _ = _split_prunable(params, flags)
     counts = jnp.asarray(table)[index]
     scores = [jnp.abs(p).astype(jnp.float32) for p in thetas]
-    top = _top_k_masks(scores, [counts[i] for i in range(len(scores))], "layer")
+    top = _top_k_masks(scores, [counts[i] for i in range(len(scores))], scope)
     new = [jnp.where(sparse_flags[index], m, jnp.ones_like(m)) for m in top]
     return _with_prunable(all_masks, treedef, flags, new)
 
@@ -321,6 +324,49 @@ def set_evolution(params, *, sparsity: float, end_step: int, update_every: int =
       start_step=start_step, drop_fraction=drop_fraction,
       drop_fraction_anneal=drop_fraction_anneal, distribution=distribution, where=where,
       dense=dense, grow_score=lambda g, key: jax.random.uniform(key, jnp.shape(g)))
+
+
+def create_schedule(method: str, params, *, sparsity: float, num_steps: int,
+                    update_every: int = 100, start: float = 0.0, end: float = 0.75,
+                    initial_sparsity: float = 0.0, drop_fraction: float = 0.3,
+                    drop_fraction_anneal: str = "cosine", warmup: float = 0.1,
+                    phase: float = 0.05, final: float = 0.1, distribution: str = "erk",
+                    scope: str = "layer", where=None, dense: Sequence[str] = ()) -> MaskSchedule:
+  """A schedule whose times are fractions of a run of ``num_steps`` updates.
+
+  ``method``: one of :data:`SCHEDULES`. The fractions become steps as
+  ``round(fraction * num_steps)`` (phase and final lengths at least one step), so a schedule is
+  complete for any run length:
+
+  * 'gmp': prune from ``start`` to ``end`` every ``update_every`` steps (and at ``end``), from
+    ``initial_sparsity`` to ``sparsity`` (:func:`gmp`).
+  * 'acdc': dense ``warmup``, sparse/dense phases of ``phase``, sparse ``final`` (:func:`acdc`).
+  * 'rigl', 'set': update every ``update_every`` steps from ``start`` to ``end``, dropping
+    ``drop_fraction`` annealed by ``drop_fraction_anneal`` (:func:`rigl`, :func:`set_evolution`).
+  * 'static': no updates; the other arguments are ignored.
+
+  Which masks to start from: :func:`initial_masks_are_dense`.
+  """
+  masks_lib._check_choice("method", method, SCHEDULES)  # pylint: disable=protected-access
+  steps = lambda fraction: int(round(fraction * num_steps))
+  budget = dict(sparsity=sparsity, distribution=distribution, where=where, dense=dense)
+  if method == "static":
+    return static()
+  if method == "gmp":
+    return gmp(params, start_step=steps(start), end_step=steps(end), update_every=update_every,
+               initial_sparsity=initial_sparsity, scope=scope, **budget)
+  if method == "acdc":
+    return acdc(params, num_steps=num_steps, warmup_steps=steps(warmup),
+                phase_steps=max(steps(phase), 1), final_sparse_steps=max(steps(final), 1),
+                scope=scope, **budget)
+  grow = rigl if method == "rigl" else set_evolution
+  return grow(params, start_step=steps(start), end_step=steps(end), update_every=update_every,
+              drop_fraction=drop_fraction, drop_fraction_anneal=drop_fraction_anneal, **budget)
+
+
+def initial_masks_are_dense(method: str) -> bool:
+  """GMP and AC/DC start from the dense network; the others from a sparse mask at init."""
+  return method in ("gmp", "acdc")
 
 
 def dense_masks(params) -> PyTree:

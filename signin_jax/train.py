@@ -5,9 +5,13 @@
 :func:`train_and_evaluate` composes the library's pieces; runs differ only in the optimizer::
 
     inner = inject_hyperparams(add_decayed_weights(weight_decay) -> sgd(schedule, momentum))
-    tx    = with_static_mask(sign_in(inner, beta, reset_every), masks)   # Sign-In on a sparse mask
-          | with_static_mask(inner, masks)                               # plain PaI
-          | sign_in(inner, ...) or inner                                 # dense (sparsity 0)
+    tx    = sparse_training(sign_in(inner, beta, reset_every), schedule, masks)  # Sign-In, sparse
+          | sparse_training(inner, schedule, masks)                             # without Sign-In
+          | sign_in(inner, ...) or inner                                        # dense (sparsity 0)
+
+where the schedule (``config.schedule.method``) is 'static' (pruning at init: the mask never
+changes) or a dense-to-sparse method (GMP, AC/DC, RigL, SET) that changes the masks inside the
+jitted update; the masks live in the optimizer state.
 
 so every comparison is like for like. ``train_step`` and ``eval_step`` are pure functions written
 once; :func:`make_parallelism` wraps them either with ``jax.pmap`` (state replicated per device,
@@ -28,6 +32,7 @@ sparse weights, plus BatchNorm statistics).
 """
 
 import collections
+import dataclasses
 import functools
 import hashlib
 import io
@@ -57,6 +62,7 @@ from signin_jax import masks as masks_lib
 from signin_jax import metrics
 from signin_jax import models
 from signin_jax import signin
+from signin_jax import sparsity as sparsity_lib
 
 PMAP_AXIS = "batch"
 MESH_AXIS = "data"
@@ -126,12 +132,15 @@ def _sgd_with_weight_decay(learning_rate, weight_decay, momentum, nesterov):
       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
 
 
-def create_optimizer(config, *, steps_per_epoch: int, num_steps: int,
-                     masks=None) -> optax.GradientTransformation:
-  """The run's optimizer; the three kinds of run share everything but the wrapping.
+def create_optimizer(config, *, steps_per_epoch: int, num_steps: int, masks=None,
+                     params=None, key=None) -> optax.GradientTransformation:
+  """The run's optimizer; the kinds of run share everything but the wrapping.
 
   The SGD hyperparameters are injected (``optax.inject_hyperparams``) so the learning rate in
   use is part of the optimizer state and can be logged (see :func:`current_learning_rate`).
+  With ``masks`` (a sparse run) the optimizer is ``sparsity.sparse_training`` around it, with
+  ``config.schedule``'s schedule built on ``params`` (needed unless the schedule is 'static')
+  and ``key`` for random growth ('set').
   """
   inner = optax.inject_hyperparams(_sgd_with_weight_decay, static_args=("nesterov",))(
       learning_rate=learning_rate_schedule(
@@ -145,9 +154,21 @@ def create_optimizer(config, *, steps_per_epoch: int, num_steps: int,
       beta = functools.partial(_beta_at_weight_scale, beta)
     tx = signin.sign_in(tx, beta=beta, reset_every=reset_every,
                         inner_state_at_reset=config.signin.inner_state_at_reset)
-  if masks is not None:
-    tx = masks_lib.with_static_mask(tx, masks)
-  return tx
+  if masks is None:
+    return tx
+  method = config.schedule.method
+  if method != "static" and params is None:
+    raise ValueError(f"create_optimizer: config.schedule.method={method!r} needs `params`.")
+  schedule = sparsity_lib.create_schedule(
+      method, params, sparsity=config.sparsity, num_steps=num_steps,
+      update_every=config.schedule.update_every_steps, start=config.schedule.start,
+      end=config.schedule.end, initial_sparsity=config.schedule.initial_sparsity,
+      drop_fraction=config.schedule.drop_fraction,
+      drop_fraction_anneal=config.schedule.drop_fraction_anneal,
+      warmup=config.schedule.warmup, phase=config.schedule.phase, final=config.schedule.final,
+      distribution=config.mask.distribution, scope=config.mask.scope,
+      dense=tuple(config.mask.dense_layers))
+  return sparsity_lib.sparse_training(tx, schedule, masks, key=key)
 
 
 def _beta_at_weight_scale(beta: float, path, theta) -> jax.Array:
@@ -387,7 +408,9 @@ def create_model(config, *, num_classes: int):
 
 def create_masks(config, key, params, *, apply_fn, batch_stats, input_shape,
                  sample_batch: Callable):
-  """The run's static masks (bool pytree like params), or None for a dense run (sparsity 0).
+  """The run's initial masks (bool pytree like params), or None for a dense run (sparsity 0).
+
+  All True for the schedules that start dense (GMP, AC/DC), else chosen by ``config.mask``.
 
   Every process computes the masks itself; data-dependent scores (SNIP, GraSP) use the first
   global training batch (``sample_batch()``, the same on every process). With several processes
@@ -396,6 +419,8 @@ def create_masks(config, key, params, *, apply_fn, batch_stats, input_shape,
   """
   if config.sparsity == 0.0:
     return None
+  if sparsity_lib.initial_masks_are_dense(config.schedule.method):  # GMP, AC/DC start dense.
+    return sparsity_lib.dense_masks(params)
   variables = lambda p: _variables(p, batch_stats)
   kwargs = {}
   if config.mask.method in masks_lib.DATA_DEPENDENT_METHODS:
@@ -457,13 +482,6 @@ def check_same_masks(digests: np.ndarray, *, seed: int) -> None:
         f"than process 0 from config.seed={seed} (digest prefixes {hexes}). Run the same code, "
         "config and library versions on every host; stopping before training different "
         "networks.")
-
-
-def _masks_from_layers(template, layers: Dict[str, np.ndarray]):
-  """Masks like ``template`` with the prunable layers' masks taken from ``layers`` (a
-  checkpoint's ``{layer_name: mask}``); the other leaves (all True) stay as they are."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, m: jnp.asarray(layers.get(metrics.layer_name(path), m), bool), template)
 
 
 # --------------------------------------------------------------------------------------------
@@ -623,7 +641,8 @@ def create_run_start(config: ml_collections.ConfigDict) -> RunStart:
 
   masks = create_masks(config, mask_key, params, apply_fn=model.apply, batch_stats=batch_stats,
                        input_shape=input_shape, sample_batch=sample_batch)
-  tx = create_optimizer(config, steps_per_epoch=steps_per_epoch, num_steps=num_steps, masks=masks)
+  tx = create_optimizer(config, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
+                        masks=masks, params=params, key=jax.random.fold_in(mask_key, 1))
 
   @jax.jit
   def initial_params_and_opt_state(params, masks):
@@ -656,94 +675,131 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   initialize_distributed(config)
   config_validation.validate_environment(config, device_count=jax.device_count())
   started = time.time()
-  is_main = jax.process_index() == 0
-  workdir = workdir if metrics.is_remote(workdir) else os.path.abspath(workdir)
-  if is_main:
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    _write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())
-
-  # Model, masks, optimizer and the initial state (all deterministic functions of the seed).
-  run = create_run_start(config)
-  dataset, model, masks, tx = run.dataset, run.model, run.masks, run.tx
-  steps_per_epoch, num_steps, data_kwargs = run.steps_per_epoch, run.num_steps, run.data_kwargs
-  state, params = run.state, run.state.params
-  tracked = metrics.by_layer(masks_lib.prunable(params))
-  tracked = [name for name, is_prunable in tracked.items() if is_prunable]
-  weights = {k: v for k, v in metrics.by_layer(jax.device_get(params)).items() if k in tracked}
-  mask_layers = ({k: v for k, v in metrics.by_layer(jax.device_get(masks)).items()
-                  if k in tracked} if masks is not None else {})
-  extras = {"masks": mask_layers,
-            "init_signs": metrics.signs(weights), "epoch_signs": metrics.signs(weights)}
-
-  # Resume from the newest intact checkpoint, if any.
-  mesh = Mesh(np.asarray(jax.devices()), (MESH_AXIS,))
-  replicated = NamedSharding(mesh, P())
-  canonical_state = replicate_from_host(jax.device_get(state), replicated)
-  canonical_extras = replicate_from_host(extras, replicated)
+  workdir = _prepare_workdir(config, workdir)
+  run = create_run_start(config)  # Model, masks, optimizer, state: functions of the seed.
   manager = checkpointing.create_manager(os.path.join(workdir, "checkpoints"),
                                          keep=config.keep_checkpoints)
+  closers = [manager.close]
   try:
-    restored = checkpointing.restore_latest_good(
-        manager, state_target=canonical_state, extras_target=canonical_extras,
-        quarantine_dir=os.path.join(workdir, "checkpoints_corrupt"))
-    if restored is not None:
-      check_resumable(restored.meta, step=restored.step, steps_per_epoch=steps_per_epoch,
-                      batch_size=config.batch_size)
-  except BaseException:
-    manager.close()
-    raise
-  elapsed_before = 0.0
-  if restored is not None:
-    canonical_state, canonical_extras = restored.state, restored.extras
-    elapsed_before = float(restored.meta.get("elapsed_seconds", 0.0))
-    logging.info("Resuming from the checkpoint at step %d.", restored.step)
-    if masks is not None:
-      saved = jax.tree.map(_local_replica, canonical_extras["masks"])
-      if any(not np.array_equal(saved[k], v) for k, v in extras["masks"].items()):
-        logging.warning("The masks computed now differ from the checkpoint's; continuing with "
-                        "the checkpoint's masks.")
-      masks = _masks_from_layers(masks, saved)
-      tx = create_optimizer(config, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
-                            masks=masks)
-  host_extras = jax.tree.map(_local_replica, canonical_extras)
-  mask_layers = host_extras["masks"]
+    progress = _resume(config, run, manager, workdir, started=started)
+    parallelism = create_parallelism(config, model=run.model, tx=run.tx,
+                                     num_classes=run.dataset.num_classes)
+    progress.state = parallelism.put_state(progress.state)
+    writer = metrics.create_writer(workdir, is_main_process=jax.process_index() == 0)
+    preemption = _PreemptionWatch()
+    closers += [writer.close, preemption.close]
+    _log_start(config, run, writer, start_step=progress.start_step)
+    stopped_at = _train(config, run, parallelism, progress, manager, writer, preemption)
+    if stopped_at is not None:
+      return {"preempted": True, "step": stopped_at}
+    return _finish(config, run, parallelism, progress, manager, workdir)
+  finally:
+    for close in reversed(closers):
+      close()
 
-  parallelism = create_parallelism(config, model=model, tx=tx, num_classes=dataset.num_classes)
-  state = parallelism.put_state(canonical_state)
-  start_step = int(parallelism.local(state.step))
 
-  writer = metrics.create_writer(workdir, is_main_process=is_main)
-  if is_main:
-    if masks is not None:
-      positions = models.output_positions(model, run.variables, run.input_shape)
-      logging.info("Per-layer density:\n%s", masks_lib.format_summary(
-          masks_lib.summary(params, masks, positions=positions)))
-    logging.info("Training %s on %s for %d steps (%d per epoch, global batch %d) on %d %s "
-                 "device(s), %d process(es), parallelism=%s, dtype=%s; %d parameters.",
-                 config.model, config.dataset, num_steps, steps_per_epoch, config.batch_size,
-                 jax.device_count(), jax.devices()[0].platform, jax.process_count(),
-                 config.parallelism, config.dtype, models.count_params(params))
-    if start_step == 0:
-      writer.write_hparams(_flat_config(config))
+# The four sets of per-layer references the run keeps (in checkpoints, as ``extras``): the
+# masks and signs at initialization and at the last epoch's end, over the prunable layers.
+_EXTRAS = ("init_masks", "epoch_masks", "init_signs", "epoch_signs")
 
-  def save_checkpoint(step: int) -> None:
-    try:
-      checkpointing.save(manager, step, state=parallelism.canonical(state),
-                         extras=canonical_extras, meta={
-                             "data_position": step, "epoch": step / steps_per_epoch,
-                             "steps_per_epoch": steps_per_epoch,
-                             "process_count": jax.process_count(),
-                             "device_count": jax.device_count(),
-                             "elapsed_seconds": elapsed_before + time.time() - started})
-    except checkpointing.NonFiniteStateError as e:
-      raise NonFiniteLossError(_non_finite_message(step, "the training state", manager)) from e
-    writer.flush()  # On gs:// metrics.jsonl is rewritten at a flush: keep it as current as this.
 
-  preemption = _PreemptionWatch()
+@dataclasses.dataclass
+class _Progress:
+  """What the loop changes as it goes, beside the training state."""
+  state: TrainState  # Canonical layout until the loop's parallelism takes it.
+  extras: Dict[str, Dict[str, np.ndarray]]  # Host copies, {_EXTRAS[i]: {layer: array}}.
+  canonical_extras: Any  # The same as replicated arrays, what checkpoints hold.
+  start_step: int
+  started: float  # time.time() when this process started.
+  elapsed_before: float  # Training seconds of the runs this one resumes.
+  tracked: Tuple[str, ...]  # The prunable layers' names.
+  last_eval: Optional[Dict[str, float]] = None
+
+  def elapsed(self) -> float:
+    return self.elapsed_before + time.time() - self.started
+
+
+def _prepare_workdir(config, workdir: str) -> str:
+  workdir = workdir if metrics.is_remote(workdir) else os.path.abspath(workdir)
+  if jax.process_index() == 0:
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    _write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())
+  return workdir
+
+
+def _resume(config, run: RunStart, manager, workdir: str, *, started: float) -> _Progress:
+  """The run's progress: from the newest intact checkpoint, or from the start."""
+  params = run.state.params
+  tracked = tuple(k for k, is_prunable in metrics.by_layer(masks_lib.prunable(params)).items()
+                  if is_prunable)
+  weights = _tracked(metrics.by_layer(jax.device_get(params)), tracked)
+  masks = (_tracked(metrics.by_layer(jax.device_get(run.masks)), tracked)
+           if run.masks is not None else {})
+  signs = metrics.signs(weights)
+  extras = {"init_masks": masks, "epoch_masks": masks, "init_signs": signs, "epoch_signs": signs}
+  replicated = NamedSharding(Mesh(np.asarray(jax.devices()), (MESH_AXIS,)), P())
+  state = replicate_from_host(jax.device_get(run.state), replicated)
+  canonical_extras = replicate_from_host(extras, replicated)
+  restored = checkpointing.restore_latest_good(
+      manager, state_target=state, extras_target=canonical_extras,
+      quarantine_dir=os.path.join(workdir, "checkpoints_corrupt"))
+  progress = _Progress(state=state, extras=extras, canonical_extras=canonical_extras,
+                       start_step=0, started=started, elapsed_before=0.0, tracked=tracked)
+  if restored is None:
+    return progress
+  check_resumable(restored.meta, step=restored.step, steps_per_epoch=run.steps_per_epoch,
+                  batch_size=config.batch_size)
+  logging.info("Resuming from the checkpoint at step %d.", restored.step)
+  progress.state, progress.canonical_extras = restored.state, restored.extras
+  progress.extras = jax.tree.map(_local_replica, restored.extras)
+  progress.start_step = int(_local_replica(restored.state.step))
+  progress.elapsed_before = float(restored.meta.get("elapsed_seconds", 0.0))
+  if any(not np.array_equal(progress.extras["init_masks"][k], v) for k, v in masks.items()):
+    # Data-dependent scores on other hardware, say; the masks in use are in the state.
+    logging.warning("The initial masks computed now differ from the checkpoint's; continuing "
+                    "with the checkpoint's.")
+  return progress
+
+
+def _tracked(layers: Dict[str, Any], tracked) -> Dict[str, Any]:
+  return {k: layers[k] for k in tracked}
+
+
+def _current_masks(parallelism: Parallelism, state: TrainState, tracked) -> Dict[str, np.ndarray]:
+  """The masks in use ({layer: bool}, host), read off the optimizer state; {} if dense."""
+  masks = sparsity_lib.current_masks(state.opt_state)
+  return {} if masks is None else _tracked(metrics.by_layer(parallelism.local(masks)), tracked)
+
+
+def _log_start(config, run: RunStart, writer, *, start_step: int) -> None:
+  if jax.process_index() != 0:
+    return
+  params = run.state.params
+  if run.masks is not None:
+    positions = models.output_positions(run.model, run.variables, run.input_shape)
+    logging.info("Per-layer density%s:\n%s",
+                 "" if config.schedule.method == "static" else " at the start (the schedule "
+                 f"{config.schedule.method!r} changes it)",
+                 masks_lib.format_summary(masks_lib.summary(params, run.masks,
+                                                            positions=positions)))
+  logging.info("Training %s on %s for %d steps (%d per epoch, global batch %d) on %d %s "
+               "device(s), %d process(es), parallelism=%s, dtype=%s, mask schedule %s; %d "
+               "parameters.", config.model, config.dataset, run.num_steps, run.steps_per_epoch,
+               config.batch_size, jax.device_count(), jax.devices()[0].platform,
+               jax.process_count(), config.parallelism, config.dtype,
+               config.schedule.method if run.masks is not None else "none (dense)",
+               models.count_params(params))
+  if start_step == 0:
+    writer.write_hparams(_flat_config(config))
+
+
+def _train(config, run: RunStart, parallelism: Parallelism, progress: _Progress, manager,
+           writer, preemption) -> Optional[int]:
+  """The loop from ``progress.start_step`` to the end; the step it stopped at if preempted."""
+  num_steps, steps_per_epoch = run.num_steps, run.steps_per_epoch
   pending = []  # Device metrics of steps not yet fetched.
   log_buffer = []  # Host metrics since the last progress line.
-  timer = {"time": time.time(), "step": start_step}
-  last_eval: Optional[Dict[str, float]] = None
+  timer = {"time": time.time(), "step": progress.start_step}
 
   def fetch_metrics(step: int) -> None:
     """Fetches pending step metrics; stops the run at the first non-finite loss."""
@@ -756,121 +812,163 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       log_buffer.append(m)
     pending.clear()
 
+  train_iter = prefetch(map(parallelism.put_batch, input_pipeline.train_iterator(
+      config.dataset, global_batch_size=config.batch_size, seed=config.seed,
+      start_step=progress.start_step, **run.data_kwargs)))
+  for step in range(progress.start_step + 1, num_steps + 1):
+    is_last = step == num_steps
+    epoch_end = step % steps_per_epoch == 0
+    # Sign-In re-splits at epoch boundaries (m**2 - w**2 back to signin.beta), so the epoch's
+    # beta statistics are read off the state entering its last step.
+    entering_last_step = progress.state if epoch_end or is_last else None
+    progress.state, step_metrics = parallelism.train_step(progress.state, next(train_iter))
+    pending.append(step_metrics)
+    if len(pending) > MAX_STEPS_IN_FLIGHT:
+      jax.block_until_ready(pending[-1 - MAX_STEPS_IN_FLIGHT])
+    if step == progress.start_step + 1:
+      jax.block_until_ready(step_metrics)
+      logging.info("First step (compilation included) took %.1f s.", time.time() - timer["time"])
+      timer.update(time=time.time(), step=step)
+    preempted = preemption.requested(step)
+    save_now = step % config.checkpoint_every_steps == 0 or is_last or preempted
+    log_now = step % config.log_every_steps == 0 or is_last
+    if not (log_now or save_now or epoch_end):
+      continue
+    fetch_metrics(step)
+    if log_now and log_buffer:
+      _log_progress(config, run, parallelism, progress, writer, step, log_buffer, timer,
+                    within_reset_period=not (epoch_end or is_last))
+      log_buffer.clear()
+    if epoch_end or is_last:
+      _end_of_epoch(config, run, parallelism, progress, writer, step, entering_last_step)
+      timer.update(time=time.time(), step=step)  # Keep eval time out of images/s and ETA.
+    if save_now:
+      _save_checkpoint(run, parallelism, progress, manager, writer, step)
+    if preempted and not is_last:
+      manager.wait_until_finished()
+      writer.flush()
+      logging.warning("Stop requested (SIGTERM/preemption): saved the checkpoint at step %d "
+                      "in %s; rerun the same command to resume.", step, manager.directory)
+      return step
+  return None
+
+
+def _log_progress(config, run, parallelism, progress, writer, step, log_buffer, timer, *,
+                  within_reset_period: bool) -> None:
+  now = time.time()
+  seconds_per_step = (now - timer["time"]) / max(step - timer["step"], 1)
+  scalars = {"train_loss": float(np.mean([m["loss"] for m in log_buffer])),
+             "train_accuracy": float(np.mean([m["accuracy"] for m in log_buffer])),
+             "learning_rate": float(log_buffer[-1]["learning_rate"]),
+             "images_per_sec": config.batch_size / max(seconds_per_step, 1e-9),
+             "epoch": step / run.steps_per_epoch}
+  if config.signin.enabled and within_reset_period:
+    # Mean beta within a reset period (its end is logged at the epoch's end, before the split).
+    scalars.update(metrics.prefixed("beta", mean_signin_betas(
+        parallelism, progress.state, _current_masks(parallelism, progress.state,
+                                                    progress.tracked))))
+  writer.write_scalars(step, scalars)
+  if jax.process_index() == 0:
+    logging.info(metrics.format_progress(
+        step=step, num_steps=run.num_steps, epoch=scalars["epoch"], loss=scalars["train_loss"],
+        accuracy=scalars["train_accuracy"], learning_rate=scalars["learning_rate"],
+        images_per_sec=scalars["images_per_sec"],
+        eta_seconds=(run.num_steps - step) * seconds_per_step))
+  timer.update(time=now, step=step)
+
+
+def _end_of_epoch(config, run, parallelism, progress, writer, step, entering_last_step) -> None:
+  """Per-layer sign flips, mask changes and betas; the test set every eval_every_epochs."""
+  epoch_end = step % run.steps_per_epoch == 0
+  extras = progress.extras
+  weights = _tracked(metrics.by_layer(parallelism.local(progress.state.params)), progress.tracked)
+  masks = _current_masks(parallelism, progress.state, progress.tracked)
+  # Sign flips count the weights active at both ends.
+  flips_init = metrics.sign_flip_fractions(weights, extras["init_signs"],
+                                           metrics.both_kept(extras["init_masks"], masks))
+  flips_prev = metrics.sign_flip_fractions(weights, extras["epoch_signs"],
+                                           metrics.both_kept(extras["epoch_masks"], masks))
+  scalars = {**metrics.prefixed("sign_flips_vs_init", flips_init),
+             **metrics.prefixed("sign_flips_vs_prev_epoch", flips_prev)}
+  lines = [f"sign flips vs init {flips_init[metrics.TOTAL]:.4f}, vs previous epoch "
+           f"{flips_prev[metrics.TOTAL]:.4f}"]
+  if masks and config.schedule.method != "static":
+    changes = metrics.mask_changes(extras["epoch_masks"], masks)
+    for field in ("dropped", "grown", "density"):
+      scalars.update(metrics.prefixed(f"mask_{field}", {k: v[field] for k, v in changes.items()}))
+    total = changes[metrics.TOTAL]
+    lines.append(f"density {total['density']:.4f} ({total['dropped']} dropped, "
+                 f"{total['grown']} grown since the previous epoch)")
+  if config.signin.enabled:
+    betas = mean_signin_betas(parallelism, entering_last_step, masks)
+    scalars.update(metrics.prefixed("beta", betas))
+    lines.append(f"mean beta {betas[metrics.TOTAL]:.4f} (before the re-split)")
+  if epoch_end:
+    extras.update(epoch_signs=metrics.signs(weights), epoch_masks=masks)
+    progress.canonical_extras = replicate_from_host(extras, parallelism.replicated)
+  if epoch_end and (step // run.steps_per_epoch) % config.eval_every_epochs == 0 or (
+      step == run.num_steps):
+    progress.last_eval = dict(evaluate(parallelism, progress.state, config), step=step)
+    scalars.update({"test_loss": progress.last_eval["loss"],
+                    "test_accuracy": progress.last_eval["accuracy"]})
+    lines.append(f"test accuracy {progress.last_eval['accuracy']:.4f}")
+  writer.write_scalars(step, scalars)
+  if jax.process_index() == 0:
+    logging.info("Epoch %.2f (step %d): %s.", step / run.steps_per_epoch, step, ", ".join(lines))
+
+
+def _save_checkpoint(run, parallelism, progress, manager, writer, step: int) -> None:
   try:
-    train_iter = prefetch(map(parallelism.put_batch, input_pipeline.train_iterator(
-        config.dataset, global_batch_size=config.batch_size, seed=config.seed,
-        start_step=start_step, **data_kwargs)))
-    for step in range(start_step + 1, num_steps + 1):
-      # Sign-In re-splits at epoch boundaries (m**2 - w**2 back to signin.beta), so the epoch's
-      # beta statistics are read off the state entering its last step.
-      entering_last_step = state if step % steps_per_epoch == 0 or step == num_steps else None
-      state, step_metrics = parallelism.train_step(state, next(train_iter))
-      pending.append(step_metrics)
-      if len(pending) > MAX_STEPS_IN_FLIGHT:
-        jax.block_until_ready(pending[-1 - MAX_STEPS_IN_FLIGHT])
-      if step == start_step + 1:
-        jax.block_until_ready(step_metrics)
-        logging.info("First step (compilation included) took %.1f s.",
-                     time.time() - timer["time"])
-        timer.update(time=time.time(), step=step)
-      is_last = step == num_steps
-      epoch_end = step % steps_per_epoch == 0
-      preempted = preemption.requested(step)
-      save_now = step % config.checkpoint_every_steps == 0 or is_last or preempted
-      log_now = step % config.log_every_steps == 0 or is_last
-      if not (log_now or save_now or epoch_end):
-        continue
-      fetch_metrics(step)
+    checkpointing.save(manager, step, state=parallelism.canonical(progress.state),
+                       extras=progress.canonical_extras, meta={
+                           "data_position": step, "epoch": step / run.steps_per_epoch,
+                           "steps_per_epoch": run.steps_per_epoch,
+                           "process_count": jax.process_count(),
+                           "device_count": jax.device_count(),
+                           "elapsed_seconds": progress.elapsed()})
+  except checkpointing.NonFiniteStateError as e:
+    raise NonFiniteLossError(_non_finite_message(step, "the training state", manager)) from e
+  writer.flush()  # On gs:// metrics.jsonl is rewritten at a flush: keep it as current as this.
 
-      if log_now and log_buffer:
-        now = time.time()
-        steps_done = max(step - timer["step"], 1)
-        seconds_per_step = (now - timer["time"]) / steps_done
-        scalars = {"train_loss": float(np.mean([m["loss"] for m in log_buffer])),
-                   "train_accuracy": float(np.mean([m["accuracy"] for m in log_buffer])),
-                   "learning_rate": float(log_buffer[-1]["learning_rate"]),
-                   "images_per_sec": config.batch_size / max(seconds_per_step, 1e-9),
-                   "epoch": step / steps_per_epoch}
-        if config.signin.enabled and not (epoch_end or is_last):
-          # Mean beta within a reset period (its end is logged below, before the re-split).
-          scalars.update(metrics.prefixed(
-              "beta", mean_signin_betas(parallelism, state, mask_layers)))
-        writer.write_scalars(step, scalars)
-        if is_main:
-          logging.info(metrics.format_progress(
-              step=step, num_steps=num_steps, epoch=scalars["epoch"], loss=scalars["train_loss"],
-              accuracy=scalars["train_accuracy"], learning_rate=scalars["learning_rate"],
-              images_per_sec=scalars["images_per_sec"],
-              eta_seconds=(num_steps - step) * seconds_per_step))
-        log_buffer.clear()
-        timer.update(time=now, step=step)
 
-      if epoch_end or is_last:
-        epoch = step // steps_per_epoch
-        host_weights = metrics.by_layer(parallelism.local(state.params))
-        host_weights = {k: host_weights[k] for k in tracked}
-        flips_init = metrics.sign_flip_fractions(host_weights, host_extras["init_signs"],
-                                                 mask_layers)
-        flips_prev = metrics.sign_flip_fractions(host_weights, host_extras["epoch_signs"],
-                                                 mask_layers)
-        scalars = {**metrics.prefixed("sign_flips_vs_init", flips_init),
-                   **metrics.prefixed("sign_flips_vs_prev_epoch", flips_prev)}
-        beta_line = ""
-        if config.signin.enabled:
-          betas = mean_signin_betas(parallelism, entering_last_step, mask_layers)
-          scalars.update(metrics.prefixed("beta", betas))
-          beta_line = f", mean beta {betas[metrics.TOTAL]:.4f} (before the re-split)"
-        if epoch_end:
-          host_extras["epoch_signs"] = metrics.signs(host_weights)
-          canonical_extras = dict(canonical_extras, epoch_signs=replicate_from_host(
-              host_extras["epoch_signs"], parallelism.replicated))
-        if epoch_end and epoch % config.eval_every_epochs == 0 or is_last:
-          last_eval = evaluate(parallelism, state, config)
-          last_eval["step"] = step
-          scalars.update({"test_loss": last_eval["loss"], "test_accuracy": last_eval["accuracy"]})
-        writer.write_scalars(step, scalars)
-        if is_main:
-          test_line = (f", test accuracy {last_eval['accuracy']:.4f}"
-                       if last_eval and last_eval["step"] == step else "")
-          logging.info("Epoch %.2f (step %d): sign flips vs init %.4f, vs previous epoch %.4f%s%s.",
-                       step / steps_per_epoch, step, flips_init[metrics.TOTAL],
-                       flips_prev[metrics.TOTAL], beta_line, test_line)
-        timer.update(time=time.time(), step=step)  # Keep eval time out of images/s and ETA.
-
-      if save_now:
-        save_checkpoint(step)
-      if preempted and not is_last:
-        manager.wait_until_finished()
-        writer.flush()
-        logging.warning("Stop requested (SIGTERM/preemption): saved the checkpoint at step %d "
-                        "in %s; rerun the same command to resume.", step, manager.directory)
-        return {"preempted": True, "step": step}
-
-    manager.wait_until_finished()
-    if last_eval is None or last_eval["step"] != num_steps:
-      last_eval = evaluate(parallelism, state, config)
-      last_eval["step"] = num_steps
-    summary = _final_summary(config, parallelism, state, tracked, host_extras, mask_layers,
-                             last_eval, wall_time=elapsed_before + time.time() - started,
-                             num_steps=num_steps)
-    if is_main:
-      _write_json_atomically(os.path.join(workdir, "summary.json"), summary)
-      arrays = {f"params/{k}": v for k, v in
-                metrics.by_layer(parallelism.local(state.params)).items()}
-      arrays.update({f"batch_stats/{k}": v for k, v in
-                     metrics.by_layer(parallelism.local(state.batch_stats)).items()})
-      _save_npz_atomically(os.path.join(workdir, "final_weights.npz"), arrays)
-      logging.info("Done: test accuracy %.4f, sparsity of prunable layers %.4f (measured on the "
-                   "final weights), sign flips vs init %.4f, wall time %s. Summary: %s",
-                   summary["test_accuracy"], summary["sparsity"][metrics.TOTAL]["sparsity"],
-                   summary["sign_flips_vs_init"][metrics.TOTAL],
-                   metrics.format_duration(summary["wall_time_seconds"]),
-                   os.path.join(workdir, "summary.json"))
-    return summary
-  finally:
-    preemption.close()
-    writer.close()
-    manager.close()
+def _finish(config, run, parallelism, progress, manager, workdir: str) -> Dict[str, Any]:
+  """The final evaluation, summary.json and final_weights.npz."""
+  manager.wait_until_finished()
+  state = progress.state
+  if progress.last_eval is None or progress.last_eval["step"] != run.num_steps:
+    progress.last_eval = dict(evaluate(parallelism, state, config), step=run.num_steps)
+  params = metrics.by_layer(parallelism.local(state.params))
+  masks = _current_masks(parallelism, state, progress.tracked)
+  weights = _tracked(params, progress.tracked)
+  summary = {
+      "test_accuracy": progress.last_eval["accuracy"],
+      "test_loss": progress.last_eval["loss"],
+      "test_examples": progress.last_eval["count"],
+      "steps": run.num_steps,
+      "sparsity": metrics.measured_sparsity(weights),
+      "sign_flips_vs_init": metrics.sign_flip_fractions(
+          weights, progress.extras["init_signs"],
+          metrics.both_kept(progress.extras["init_masks"], masks)),
+      "wall_time_seconds": progress.elapsed(),
+      "devices": jax.device_count(),
+      "processes": jax.process_count(),
+      "platform": jax.devices()[0].platform,
+      "config": config.to_dict(),
+  }
+  if jax.process_index() == 0:
+    _write_json_atomically(os.path.join(workdir, "summary.json"), summary)
+    arrays = {f"params/{k}": v for k, v in params.items()}
+    arrays.update({f"batch_stats/{k}": v for k, v in
+                   metrics.by_layer(parallelism.local(state.batch_stats)).items()})
+    arrays.update({f"masks/{k}": v for k, v in masks.items()})
+    _save_npz_atomically(os.path.join(workdir, "final_weights.npz"), arrays)
+    logging.info("Done: test accuracy %.4f, sparsity of prunable layers %.4f (measured on the "
+                 "final weights), sign flips vs init %.4f, wall time %s. Summary: %s",
+                 summary["test_accuracy"], summary["sparsity"][metrics.TOTAL]["sparsity"],
+                 summary["sign_flips_vs_init"][metrics.TOTAL],
+                 metrics.format_duration(summary["wall_time_seconds"]),
+                 os.path.join(workdir, "summary.json"))
+  return summary
 
 
 _factor_betas = jax.jit(signin.factor_betas)
@@ -893,23 +991,3 @@ def _non_finite_message(step: int, what: str, manager) -> str:
   return (f"Training stopped: {what} became non-finite at step {step}; {kept} and nothing "
           "later is saved. Lower config.learning_rate, or use config.dtype='float32' if "
           "training in bfloat16.")
-
-
-def _final_summary(config, parallelism, state, tracked, host_extras, mask_layers, last_eval, *,
-                   wall_time: float, num_steps: int) -> Dict[str, Any]:
-  weights = metrics.by_layer(parallelism.local(state.params))
-  tracked_weights = {k: weights[k] for k in tracked}
-  return {
-      "test_accuracy": last_eval["accuracy"],
-      "test_loss": last_eval["loss"],
-      "test_examples": last_eval["count"],
-      "steps": num_steps,
-      "sparsity": metrics.measured_sparsity(tracked_weights),
-      "sign_flips_vs_init": metrics.sign_flip_fractions(
-          tracked_weights, host_extras["init_signs"], mask_layers),
-      "wall_time_seconds": wall_time,
-      "devices": jax.device_count(),
-      "processes": jax.process_count(),
-      "platform": jax.devices()[0].platform,
-      "config": config.to_dict(),
-  }
