@@ -1,4 +1,5 @@
-"""Sign-In on 8 emulated CPU devices: pmap and jit over a Mesh agree with one device.
+"""Sign-In on 8 emulated CPU devices: pmap and jit over a Mesh agree with one device, with a
+fixed mask and with masks that RigL or SET change during the run (same masks, same weights).
 
 Run by tests/test_signin_multidevice.py in a subprocess (the device count is fixed when JAX
 starts). Exits non-zero with a message on any mismatch.
@@ -14,7 +15,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from signin_jax import masks as masks_lib
 from signin_jax import signin
+from signin_jax import sparsity
 
 STEPS, RESET_EVERY = 7, 3
 
@@ -30,9 +33,30 @@ def loss_fn(params, x, y):
   return jnp.mean((h @ params["out"]["kernel"] + params["out"]["bias"] - y) ** 2)
 
 
-def make_tx():
+KINDS = ("signin", "rigl+signin", "set")
+
+
+def make_tx(kind="signin"):
+  """Sign-In alone; RigL around Sign-In; SET around plain SGD (masks updated every 2 steps)."""
   inner = optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.2, momentum=0.9))
-  return signin.sign_in(inner, reset_every=RESET_EVERY)
+  if kind == "signin":
+    return signin.sign_in(inner, reset_every=RESET_EVERY)
+  params = init_params()
+  grow = sparsity.rigl if kind == "rigl+signin" else sparsity.set_evolution
+  schedule = grow(params, sparsity=0.7, end_step=STEPS - 1, update_every=2,
+                  drop_fraction=0.5, distribution="uniform")
+  tx = signin.sign_in(inner, reset_every=RESET_EVERY) if kind == "rigl+signin" else inner
+  return sparsity.sparse_training(tx, schedule, initial_masks(), key=jax.random.PRNGKey(3))
+
+
+def initial_masks():
+  return masks_lib.create_masks(jax.random.PRNGKey(2), init_params(), 0.7,
+                                distribution="uniform")
+
+
+def initial_params(kind):
+  params = init_params()
+  return params if kind == "signin" else masks_lib.apply_mask(params, initial_masks())
 
 
 def batches():
@@ -54,42 +78,47 @@ def sgd_step(tx, axis_name=None):
   return step
 
 
-def single_device():
-  tx = make_tx()
-  params = init_params()
+def _masks(state):
+  masks = sparsity.current_masks(state)
+  return {} if masks is None else masks
+
+
+def single_device(kind):
+  tx = make_tx(kind)
+  params = initial_params(kind)
   state = tx.init(params)
   step = jax.jit(sgd_step(tx))
   for x, y in batches():
     params, state = step(params, state, x, y)
-  return params
+  return params, _masks(state)
 
 
-def with_pmap():
-  tx = make_tx()
+def with_pmap(kind):
+  tx = make_tx(kind)
   n = jax.device_count()
-  params = jax.tree.map(lambda a: jnp.stack([a] * n), init_params())
+  params = jax.tree.map(lambda a: jnp.stack([a] * n), initial_params(kind))
   state = jax.pmap(tx.init)(params)
   step = jax.pmap(sgd_step(tx, "batch"), axis_name="batch")
   for x, y in batches():
     params, state = step(params, state, x.reshape(n, -1, 6), y.reshape(n, -1, 3))
-  replicas = [jax.tree.map(lambda a, i=i: a[i], params) for i in range(n)]
+  replicas = [jax.tree.map(lambda a, i=i: a[i], (params, _masks(state))) for i in range(n)]
   for r in replicas[1:]:
     jax.tree.map(np.testing.assert_array_equal, r, replicas[0])
   return replicas[0]
 
 
-def with_mesh():
-  tx = make_tx()
+def with_mesh(kind):
+  tx = make_tx(kind)
   mesh = Mesh(np.array(jax.devices()), ("data",))
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
-  params = jax.device_put(init_params(), replicated)
+  params = jax.device_put(initial_params(kind), replicated)
   state = jax.jit(tx.init)(params)
   step = jax.jit(sgd_step(tx))
   for x, y in batches():
     params, state = step(params, state, jax.device_put(x, batch_sharding),
                          jax.device_put(y, batch_sharding))
-  return params
+  return params, _masks(state)
 
 
 def state_keeps_parameter_sharding():
@@ -115,12 +144,18 @@ def state_keeps_parameter_sharding():
 
 def main():
   assert jax.device_count() == 8, jax.devices()
-  reference = single_device()
-  for name, params in (("pmap", with_pmap()), ("jit-mesh", with_mesh())):
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6,
-                                 err_msg=name)
-    print(f"{name}: matches one device after {STEPS} steps")
+  for kind in KINDS:
+    params_1, masks_1 = single_device(kind)
+    if kind != "signin":  # The masks did change during the run.
+      assert any(not np.array_equal(a, b) for a, b in zip(
+          jax.tree.leaves(masks_1), jax.tree.leaves(initial_masks()))), kind
+    for name, (params, masks) in (("pmap", with_pmap(kind)), ("jit-mesh", with_mesh(kind))):
+      for a, b in zip(jax.tree.leaves(masks), jax.tree.leaves(masks_1)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{kind} {name}")
+      for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6,
+                                   err_msg=f"{kind} {name}")
+      print(f"{kind}: {name}: matches one device after {STEPS} steps")
   state_keeps_parameter_sharding()
   print("sharded state: ok")
 

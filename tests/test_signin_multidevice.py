@@ -1,4 +1,5 @@
-"""pmap and jit-over-a-Mesh runs of Sign-In on 8 emulated CPU devices (in a subprocess)."""
+"""pmap and jit-over-a-Mesh runs of Sign-In (fixed masks, RigL, SET) on 8 emulated CPU devices
+(in a subprocess)."""
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ def test_pmap_and_mesh_match_single_device_and_keep_sharding():
   proc = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0, proc.stdout + proc.stderr
-  assert "pmap: matches one device" in proc.stdout
-  assert "jit-mesh: matches one device" in proc.stdout
+  for kind in ("signin", "rigl+signin", "set"):  # With RigL / SET: the same masks, too.
+    assert f"{kind}: pmap: matches one device" in proc.stdout
+    assert f"{kind}: jit-mesh: matches one device" in proc.stdout
   assert "sharded state: ok" in proc.stdout

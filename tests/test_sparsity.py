@@ -1,4 +1,5 @@
-"""First tests of signin_jax.sparsity (masks that change during training; issue 10 in progress)."""
+"""signin_jax.sparsity: masks that change during training (GMP, AC/DC, RigL, SET), with and
+without Sign-In, against references written here."""
 
 import jax
 import jax.numpy as jnp
@@ -89,3 +90,144 @@ def test_gmp_counts_follow_the_cubic():
     # uniform budget: every layer keeps (1 - s_t) of its weights, up to the exact total's rounding
     for count, size in zip(row, (200, 50)):
       assert abs(count - (1 - s_t) * size) <= 1, (t, count, size)
+
+
+def test_acdc_switches_phase_on_its_steps_dense_phases_dense_sparse_at_target():
+  params = _params()
+  schedule, m0 = _schedules(params)["acdc"]  # 30 steps: warm-up 5, phases of 4, final 6.
+  tx = sparsity.sparse_training(optax.sgd(0.05, momentum=0.9), schedule, m0)
+  p, state = params, tx.init(params)
+  update = jax.jit(tx.update)
+  sizes = {"a": 200, "b": 50}
+  sparse_counts = {"a": 40, "b": 10}  # uniform 80 %: 20 % of each layer kept
+  # Written from the schedule's definition: dense 1-5, sparse 6-9, dense 10-13, sparse 14-17,
+  # dense 18-21, sparse 22-23 running into the final sparse phase 24-30.
+  sparse_steps = set(range(6, 10)) | set(range(14, 18)) | set(range(22, 31))
+  for t in range(1, 31):
+    g = jax.tree.map(lambda x: jnp.cos(x * t) + 0.01 * t, p)
+    u, state = update(g, state, p)
+    p = optax.apply_updates(p, u)
+    for name in ("a", "b"):
+      kept = int(state.masks[name]["kernel"].sum())
+      nonzero = int(jnp.sum(p[name]["kernel"] != 0))
+      if t in sparse_steps:
+        assert kept == sparse_counts[name] and nonzero <= kept, (t, name, kept)
+      else:  # dense: every weight active again and, after one step, moving
+        assert kept == sizes[name] and nonzero == sizes[name], (t, name, kept, nonzero)
+
+
+def test_set_grows_only_inactive_entries_at_random_and_drops_smallest_theta():
+  params = {"w": jax.random.normal(KEY, (10, 8))}
+  m0 = masks_lib.create_masks(KEY, params, 0.6, distribution="uniform")
+  schedule = sparsity.set_evolution(params, sparsity=0.6, end_step=10, update_every=1,
+                                    drop_fraction=0.5, drop_fraction_anneal="constant",
+                                    distribution="uniform")
+  theta = masks_lib.apply_mask(params, m0)
+  mask, t = np.asarray(m0["w"]).ravel(), np.asarray(theta["w"]).ravel()
+  active = np.flatnonzero(mask)
+  n, n_drop = active.size, active.size // 2
+  kept = active[np.argsort(-np.abs(t[active]), kind="stable")[:n - n_drop]]
+  grown_sets = []
+  for seed in range(3):
+    new = np.asarray(schedule.new_masks(0, 1, m0, theta, params,
+                                        jax.random.PRNGKey(seed))["w"]).ravel()
+    assert new.sum() == n and new[kept].all()  # the largest |theta| stay, the count is exact
+    grown = np.setdiff1d(np.flatnonzero(new), kept)
+    assert grown.size == n_drop and not np.isin(grown, kept).any()
+    grown_sets.append(tuple(grown))
+  assert len(set(grown_sets)) == 3  # random growth: another key, other entries
+
+
+def test_reset_entries_zeroes_exactly_the_changed_entries_state():
+  params = _params()
+  tx = sign_in(optax.chain(optax.add_decayed_weights(1e-3), optax.adam(0.01)), beta=0.5)
+  state = tx.init(params)
+  for i in range(3):  # non-trivial moments and factors
+    g = jax.tree.map(lambda x: jnp.sin(x + i), params)
+    u, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, u)
+  changed = jax.tree.map(lambda x: jax.random.bernoulli(KEY, 0.3, x.shape), params)
+  reset = sparsity.reset_entries(state, params, changed)
+  flat_changed = {k: np.asarray(v) for k, v in
+                  jax.tree_util.tree_flatten_with_path(changed)[0]}
+  # Compare every array of the state, leaf by leaf: those shaped like a parameter are zero
+  # (m: sqrt(beta)) at its changed entries and untouched elsewhere; all others untouched.
+  seen = {"zeroed": 0, "m": 0}
+  before, _ = jax.tree_util.tree_flatten_with_path(state)
+  after, _ = jax.tree_util.tree_flatten_with_path(reset)
+  for (path, x), (_, y) in zip(before, after):
+    x, y = np.asarray(x), np.asarray(y)
+    param_path = tuple(k for k in path if isinstance(k, jax.tree_util.DictKey))
+    c = flat_changed.get(param_path)
+    if c is None or x.shape != c.shape:
+      np.testing.assert_array_equal(x, y)
+      continue
+    np.testing.assert_array_equal(y[~c], x[~c])
+    is_m = isinstance(path[0], jax.tree_util.GetAttrKey) and path[0].name == "m"
+    np.testing.assert_array_equal(y[c], np.float32(np.sqrt(0.5)) if is_m else 0.0)
+    seen["m" if is_m else "zeroed"] += 1
+  assert seen["m"] == 2 and seen["zeroed"] >= 2 * 2 * 2  # m; mu and nu of m and w per kernel
+
+
+def test_rigl_with_signin_is_the_explicit_factor_model_across_mask_updates_and_resets():
+  """theta = m * w trained as two explicit factors (numpy, SGD with momentum), RigL's masks
+  read from the transform's state: at each change the dropped and grown entries restart at
+  (m, w) = (sqrt(beta), 0) with zero momentum, masked entries get no gradient, every R steps a
+  re-split. The transform must follow it over mask updates and resets. (The kernels' gradients
+  do not depend on the bias here, so the reference reads the transform's.)"""
+  beta, lr, mu, wd, reset_every, steps = 0.5, 0.05, 0.9, 0.01, 4, 24
+  params = _params()
+  m0 = masks_lib.create_masks(KEY, params, 0.8, distribution="uniform")
+  schedule = sparsity.rigl(params, sparsity=0.8, end_step=18, update_every=3,
+                           drop_fraction=0.4, distribution="uniform")
+  tx = sparsity.sparse_training(
+      sign_in(optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=mu)),
+              beta=beta, reset_every=reset_every), schedule, m0)
+  theta = masks_lib.apply_mask(params, m0)
+  state = tx.init(theta)
+  update = jax.jit(tx.update)
+
+  def grad_fn(p):  # a fixed smooth loss, its gradient non-zero at theta = 0 (RigL grows there)
+    offset = lambda x: 0.37 * jnp.arange(x.size, dtype=x.dtype).reshape(x.shape)
+    return jax.grad(lambda q: sum(jnp.sum(jnp.sin(x + offset(x)) + 0.1 * x**2)
+                                  for x in jax.tree.leaves(q)))(p)
+
+  names = [("a", "kernel"), ("b", "kernel")]
+  split = lambda t: (np.sqrt((beta + np.sqrt(beta**2 + 4 * t**2)) / 2),)
+  ref = {}
+  for n in names:
+    t = np.asarray(theta[n[0]][n[1]], np.float64)
+    (m,) = split(t)
+    ref[n] = {"m": m, "w": t / m, "vm": np.zeros_like(t), "vw": np.zeros_like(t),
+              "mask": np.asarray(m0[n[0]][n[1]])}
+  changes = 0
+  for step in range(1, steps + 1):
+    g = grad_fn(theta)
+    u, state = update(g, state, theta)
+    theta = optax.apply_updates(theta, u)
+    g_ref = grad_fn({"a": {"kernel": jnp.asarray(ref[names[0]]["m"] * ref[names[0]]["w"],
+                                                 jnp.float32),
+                           "bias": theta["a"]["bias"]},  # (kernels only are compared)
+                     "b": {"kernel": jnp.asarray(ref[names[1]]["m"] * ref[names[1]]["w"],
+                                                 jnp.float32)}})
+    for n in names:
+      r = ref[n]
+      new_mask = np.asarray(state.masks[n[0]][n[1]])
+      changed = new_mask != r["mask"]
+      changes += int(changed.sum())
+      r["m"][changed], r["w"][changed] = np.sqrt(beta), 0.0
+      r["vm"][changed] = r["vw"][changed] = 0.0
+      r["mask"] = new_mask
+      gt = np.where(new_mask, np.asarray(g_ref[n[0]][n[1]], np.float64), 0.0)
+      # Weight decay on both factors: inactive entries' m decays (so a grown entry's reset matters).
+      r["vm"] = mu * r["vm"] + r["w"] * gt + wd * r["m"]
+      r["vw"] = mu * r["vw"] + r["m"] * gt + wd * r["w"]
+      r["m"], r["w"] = r["m"] - lr * r["vm"], r["w"] - lr * r["vw"]
+      if step % reset_every == 0:
+        t = r["m"] * r["w"]
+        (r["m"],) = split(t)
+        r["w"] = t / r["m"]
+      np.testing.assert_allclose(np.asarray(theta[n[0]][n[1]]), r["m"] * r["w"],
+                                 rtol=2e-4, atol=2e-6, err_msg=f"{n} step {step}")
+      assert np.all(np.asarray(theta[n[0]][n[1]])[~new_mask] == 0.0)
+  assert changes > 0  # the run did change masks
