@@ -360,3 +360,44 @@ def test_every_shipped_config_trains_end_to_end_on_mock_data(name, tmp_path):
   assert any(k.startswith("sign_flips_vs_init/") for k in logged)
   assert config.signin.enabled == any(k.startswith("beta/") for k in logged)
   assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+
+
+# --- Mask schedules end to end: each method, with and without Sign-In --------------------------
+
+@pytest.mark.parametrize("signin_enabled", [True, False], ids=["signin", "plain"])
+@pytest.mark.parametrize("method", ["gmp", "acdc", "rigl", "set"])
+def test_every_mask_schedule_trains_to_its_target_and_logs_mask_changes(method, signin_enabled,
+                                                                        tmp_path):
+  config = load("fashion_mnist_quickstart")
+  config.model, config.width, config.batch_size = "lenet300_100", 8, 8
+  config.num_train_steps, config.log_every_steps, config.checkpoint_every_steps = 24, 8, 24
+  config.data_dir = None
+  config.signin.enabled = signin_enabled
+  config.schedule.method = method
+  config.schedule.update_every_steps = 4
+  config.schedule.phase = 0.125  # AC/DC: 3-step phases in 24 steps.
+  workdir = str(tmp_path / method)
+  with tfds_mock.mock_data(num_examples=64):  # 8 steps per epoch
+    summary = train.train_and_evaluate(config, workdir)
+  measured = summary["sparsity"][metrics.TOTAL]
+  # Every schedule ends at its target: the exact count of the budget, and masked weights 0.0.
+  weights = np.load(os.path.join(workdir, "final_weights.npz"))
+  masks = {k[len("masks/"):]: weights[k] for k in weights.files if k.startswith("masks/")}
+  assert sum(int(m.sum()) for m in masks.values()) == round(
+      (1 - config.sparsity) * measured["size"])
+  for name, m in masks.items():
+    assert np.all(weights[f"params/{name}"][~m] == 0.0), name
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    epochs = [r for r in map(json.loads, f) if "mask_density/total" in r]
+  assert [r["step"] for r in epochs] == [8, 16, 24]
+  changed = sum(r["mask_dropped/total"] + r["mask_grown/total"] for r in epochs)
+  assert changed > 0
+  if method in ("rigl", "set"):  # same counts: as many grown as dropped, density constant
+    assert all(r["mask_dropped/total"] == r["mask_grown/total"] for r in epochs)
+    assert all(r["mask_density/total"] == pytest.approx(1 - config.sparsity, abs=1e-3)
+               for r in epochs)
+  if method == "gmp":  # only pruning, the density falls to the target at 75 % (step 18)
+    assert all(r["mask_grown/total"] == 0 for r in epochs)
+    densities = [r["mask_density/total"] for r in epochs]
+    assert densities[0] > densities[1] >= densities[2]
+  assert signin_enabled == any("beta/total" in r for r in epochs)
