@@ -7,6 +7,12 @@ import pytest
 from signin_jax import prepare_data
 
 
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: end-to-end, multi-process and real-data runs (tens of seconds each); "
+      "CI runs them, a quick local loop skips them with -m 'not slow'.")
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_dir(tmp_path_factory):
   """A TFDS data_dir with the real Fashion-MNIST, prepared from the Debian files with the

@@ -9,9 +9,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_pipeline_throughput_prints_both_rates_and_their_ratio(fashion_mnist_dir):
   proc = subprocess.run(
       [sys.executable, "benchmarks/pipeline_throughput.py",

@@ -96,6 +96,7 @@ def reference(tmp_path_factory):
   return {"workdir": str(workdir), "weights": final_weights(workdir), "summary": summary}
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_identical(reference, tmp_path):
   workdir = str(tmp_path / "killed")
   log_path = str(tmp_path / "child.log")
@@ -169,6 +170,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp
   assert_bitwise_equal(final_weights(workdir), reference["weights"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["rigl", "acdc"])
 def test_resume_across_a_mask_update_is_bitwise(method, tmp_path):
   """The masks live in the optimizer state: a run resumed from a checkpoint taken before mask

@@ -110,6 +110,9 @@ def summary(workdir):
     return json.load(f)
 
 
+pytestmark = pytest.mark.slow  # Several processes of the trainer: about 2 minutes together.
+
+
 @pytest.fixture(scope="module")
 def launches(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("multiprocess"))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "experiments"))
@@ -20,6 +21,7 @@ RESULTS = os.path.join(sweep.DEFAULT_RESULTS_ROOT, "fashion_mnist_study")
 CELL = "pai_erk_signin_s0.9"
 
 
+@pytest.mark.slow
 def test_a_published_cell_reproduces_within_its_seed_spread(fashion_mnist_dir, tmp_path):
   cell = {c.name: c for c in sweep.load_grid(GRID)}[CELL]
   published = []

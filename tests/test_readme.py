@@ -1,4 +1,4 @@
-"""The README's "Sign-In in your own training loop" snippets (Linen and NNX) run as printed.
+"""The README's training-loop snippets (Linen, NNX, and with a mask schedule) run as printed.
 
 The snippets are taken from README.md itself and executed with the names they leave to the user
 (a Flax model, a key, an input, a loss and batches) bound to a small MLP; their training steps
@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import optax
 
+from signin_jax import masks as masks_lib
 from signin_jax import signin
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
@@ -99,3 +100,31 @@ def test_readme_nnx_snippet_trains_a_sparse_model():
   assert int(scope["optimizer"].step[...]) == 20
   sign_in_state = signin.find_signin_state(nnx.as_pure(scope["optimizer"].opt_state))
   assert int(sign_in_state.count) == 20
+
+
+def test_readme_schedule_snippet_trains_with_rigl_and_changes_the_mask():
+  with open(README, encoding="utf-8") as f:
+    section = f.read().split("## Masks that change during training", 1)[1].split("\n## ", 1)[0]
+  (snippet,) = re.findall(r"```python\n(.*?)```", section, re.S)
+  model = MLP()
+  x = jax.random.normal(jax.random.PRNGKey(1), (32, 8, 8, 1))
+  labels = jax.random.randint(jax.random.PRNGKey(2), (32,), 0, 10)
+
+  def loss_fn(params, batch):
+    logits = model.apply({"params": params}, batch[0])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+
+  # 400 steps: RigL's default period (100) updates the mask at steps 100, 200 and 300.
+  scope = {"model": model, "key": jax.random.PRNGKey(0), "x": x, "loss_fn": loss_fn,
+           "batches": [(x, labels)] * 400, "num_steps": 400, "steps_per_epoch": 50}
+  initial_params = model.init(jax.random.PRNGKey(0), x)["params"]
+  initial_loss = float(loss_fn(initial_params, (x, labels)))
+  exec(snippet, scope)  # pylint: disable=exec-used
+  params, mask = scope["params"], scope["mask"]
+  assert float(loss_fn(params, (x, labels))) < initial_loss  # it trains
+  assert_exactly_sparse(params, mask)  # the mask now in use, with the budget's exact count
+  assert scope["train_step"]._cache_size() == 1  # mask updates did not recompile the step
+  initial_mask = masks_lib.create_masks(jax.random.PRNGKey(0), initial_params, sparsity=0.9,
+                                        method="random", distribution="erk")
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(mask), jax.tree.leaves(initial_mask)))  # RigL changed it

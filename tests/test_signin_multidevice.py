@@ -4,7 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_pmap_and_mesh_match_single_device_and_keep_sharding():
   script = os.path.join(os.path.dirname(__file__), "multidevice_signin_check.py")
   env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))

@@ -41,6 +41,7 @@ def get_grid():
   return path
 
 
+@pytest.mark.slow
 def test_sweep_end_to_end(tmp_path, fashion_mnist_dir):
   roots = [f"--results_root={tmp_path / 'results'}", f"--workdir_root={tmp_path / 'work'}",
            f"--extra_override=data_dir={fashion_mnist_dir}"]

@@ -311,6 +311,7 @@ _EQUIVALENCE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_pmap_and_jit_on_8_devices_match_one_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
@@ -331,7 +332,10 @@ RUNNABLE_CONFIGS = sorted(
     if os.path.basename(p) not in ("__init__.py", "default.py"))
 
 
-@pytest.mark.parametrize("name", RUNNABLE_CONFIGS)
+# The ResNets' runs (ImageNet's 224 x 224 ResNet-50 above all) take most of the time.
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n != "fashion_mnist_quickstart" else n
+    for n in RUNNABLE_CONFIGS])
 def test_every_shipped_config_trains_end_to_end_on_mock_data(name, tmp_path):
   config = load(name)
   config.width = 2
@@ -364,6 +368,7 @@ def test_every_shipped_config_trains_end_to_end_on_mock_data(name, tmp_path):
 
 # --- Mask schedules end to end: each method, with and without Sign-In --------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signin_enabled", [True, False], ids=["signin", "plain"])
 @pytest.mark.parametrize("method", ["gmp", "acdc", "rigl", "set"])
 def test_every_mask_schedule_trains_to_its_target_and_logs_mask_changes(method, signin_enabled,
