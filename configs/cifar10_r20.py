@@ -6,6 +6,10 @@
         --config.signin.enabled=False
     python main.py --config=configs/cifar10_r20.py --workdir=workdirs/cifar10_r20_s95 \
         --config.sparsity=0.95
+    # Dense-to-sparse training instead of the fixed mask (gmp, acdc, rigl, set), with Sign-In
+    # (the default) or without it (--config.signin.enabled=False):
+    python main.py --config=configs/cifar10_r20.py --workdir=workdirs/cifar10_r20_rigl \
+        --config.schedule.method=rigl
 
 From the paper (arXiv 2504.12801): the model and dataset, the sparsities 0.8 / 0.9 / 0.95, a
 random mask, Sign-In with beta = 1 for every layer, SGD with momentum, and the reported top-1
