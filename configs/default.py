@@ -86,6 +86,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule.phase = 0.05
   config.schedule.final = 0.1
 
+  # Start from another run's artifacts (signin_jax/transfer.py): its mask at the end of epoch
+  # mask_epoch (-1: its final mask) and, per kept weight, theta = sign * magnitude with signs
+  # 'init' (this run's own init), 'learned' (the source's at signs_epoch) or 'random' (+-1),
+  # and magnitudes 'init', 'learned' (the source's |theta| at magnitudes_epoch) or 'random'
+  # (an independent init draw). The source must have exported those epochs (export_epochs
+  # below; -1 is final_weights.npz); config.sparsity must equal its mask's. Schedules: 'static',
+  # or 'rigl' / 'set' starting from the transferred mask.
+  config.init_from = ml_collections.ConfigDict()
+  config.init_from.workdir = config_dict.placeholder(str)  # None: an ordinary fresh start.
+  config.init_from.mask_epoch = -1
+  config.init_from.signs = "init"
+  config.init_from.signs_epoch = -1
+  config.init_from.magnitudes = "init"
+  config.init_from.magnitudes_epoch = -1
+  # Epochs whose end writes weights/epoch_<k>.npz (params, BatchNorm statistics, masks; 0: the
+  # initialization), e.g. (30,) for a later run's init_from.signs_epoch=30.
+  config.export_epochs = ()
+
   # Sign-In (theta = m * w, re-split every reset_every_epochs epochs with m**2 - w**2 = beta).
   config.signin = ml_collections.ConfigDict()
   config.signin.enabled = True

@@ -14,6 +14,7 @@ from signin_jax import masks as masks_lib
 from signin_jax import models
 from signin_jax import signin
 from signin_jax import sparsity
+from signin_jax import transfer
 
 PARALLELISM = ("jit", "pmap")
 DTYPES = ("float32", "bfloat16")
@@ -122,6 +123,7 @@ def validate_config(config) -> None:
   _boolean(config, "mask.sparsity_aware_init")
 
   _validate_schedule(config)
+  _validate_init_from(config)
 
   for field in ("train_split", "eval_split"):
     value = _get(config, field)
@@ -183,6 +185,26 @@ def _validate_schedule(config) -> None:
             "final fine-tune share the run)")
 
 
+def _validate_init_from(config) -> None:
+  epochs = _get(config, "export_epochs")
+  if not isinstance(epochs, (tuple, list)) or not all(_is_int(e) and e >= 0 for e in epochs):
+    _fail("export_epochs", epochs, "must be a sequence of epochs >= 0 (0: the initialization)")
+  workdir = _get(config, "init_from.workdir")
+  if workdir is None:
+    return
+  if not isinstance(workdir, str) or not workdir:
+    _fail("init_from.workdir", workdir, "must be None or the workdir of a finished run")
+  _one_of(config, "init_from.signs", transfer.SIGNS)
+  _one_of(config, "init_from.magnitudes", transfer.MAGNITUDES)
+  for field in ("mask_epoch", "signs_epoch", "magnitudes_epoch"):
+    _number(config, f"init_from.{field}", low=-1, integer=True)
+  if config.sparsity == 0.0:
+    _fail("init_from.workdir", workdir, "needs config.sparsity > 0 (it transfers a mask)")
+  if config.schedule.method in ("gmp", "acdc"):
+    _fail("schedule.method", config.schedule.method,
+          "must be 'static', 'rigl' or 'set' with config.init_from (GMP and AC/DC start dense)")
+
+
 def _validate_distributed(config) -> None:
   _boolean(config, "distributed")
   coordinator = _get(config, "distributed_coordinator")
@@ -227,6 +249,8 @@ def validate_environment(config, *, device_count: int) -> None:
         f"`python -m signin_jax.prepare_data {config.dataset}"
         f"{' --data_dir=' + config.data_dir if config.data_dir else ''}` (main.py does this "
         "itself), or set config.data_dir to where it is prepared.")
+  if config.init_from.workdir is not None:
+    transfer.check_available(config.init_from)
   info = input_pipeline.DATASETS[config.dataset]
   for field, default in (("train_split", info.train_split), ("eval_split", info.eval_split)):
     split = _get(config, field) or default

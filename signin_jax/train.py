@@ -27,8 +27,9 @@ orbax. Determinism: the data pipeline is a function of (seed, step), the per-ste
 as the uninterrupted run would have.
 
 Outputs in ``workdir``: ``checkpoints/``, TensorBoard event files, ``metrics.jsonl``,
-``config.json``, and at the end ``summary.json`` and ``final_weights.npz`` (theta, the trained
-sparse weights, plus BatchNorm statistics).
+``config.json``, ``weights/epoch_<k>.npz`` for every epoch k of ``config.export_epochs``, and at
+the end ``summary.json`` and ``final_weights.npz`` (theta, the trained sparse weights, the
+BatchNorm statistics and the masks; what ``config.init_from`` of a later run reads).
 """
 
 import collections
@@ -63,6 +64,7 @@ from signin_jax import metrics
 from signin_jax import models
 from signin_jax import signin
 from signin_jax import sparsity as sparsity_lib
+from signin_jax import transfer
 
 PMAP_AXIS = "batch"
 MESH_AXIS = "data"
@@ -639,20 +641,39 @@ def create_run_start(config: ml_collections.ConfigDict) -> RunStart:
       return local
     return multihost_utils.process_allgather(local, tiled=True)
 
-  masks = create_masks(config, mask_key, params, apply_fn=model.apply, batch_stats=batch_stats,
-                       input_shape=input_shape, sample_batch=sample_batch)
+  source = None
+  if config.init_from.workdir:  # Another run's mask (and signs or magnitudes): checked first.
+    source = transfer.load_source(config.init_from, params, sparsity=config.sparsity)
+    masks = transfer.masks_from(source, params)
+  else:
+    masks = create_masks(config, mask_key, params, apply_fn=model.apply,
+                         batch_stats=batch_stats, input_shape=input_shape,
+                         sample_batch=sample_batch)
   tx = create_optimizer(config, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
                         masks=masks, params=params, key=jax.random.fold_in(mask_key, 1))
 
-  @jax.jit
-  def initial_params_and_opt_state(params, masks):
+  def masked_init(params, masks):
     if masks is not None:
       if config.mask.sparsity_aware_init:
         params = masks_lib.sparsity_aware_init(params, masks)
       params = masks_lib.apply_mask(params, masks)
+    return params
+
+  @jax.jit
+  def initial_params_and_opt_state(params, masks, random_params):
+    params = masked_init(params, masks)
+    if source is not None:
+      params = transfer.combine(
+          params, masks, source, signs=config.init_from.signs,
+          magnitudes=config.init_from.magnitudes, key=jax.random.fold_in(init_key, 2),
+          random_params=None if random_params is None else masked_init(random_params, masks))
     return params, tx.init(params)
 
-  params, opt_state = initial_params_and_opt_state(params, masks)
+  random_params = None
+  if source is not None and config.init_from.magnitudes == "random":  # An independent draw.
+    random_params = jax.jit(functools.partial(model.init, train=False))(
+        {"params": jax.random.fold_in(init_key, 1)}, jnp.zeros(input_shape, jnp.float32))["params"]
+  params, opt_state = initial_params_and_opt_state(params, masks, random_params)
   state = TrainState(step=jnp.zeros([], jnp.int32), params=params, batch_stats=batch_stats,
                      opt_state=opt_state, rng=train_key)
   return RunStart(dataset=dataset, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
@@ -689,6 +710,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     preemption = _PreemptionWatch()
     closers += [writer.close, preemption.close]
     _log_start(config, run, writer, start_step=progress.start_step)
+    if progress.start_step == 0 and 0 in config.export_epochs:
+      _export_weights(parallelism, progress, 0)
     stopped_at = _train(config, run, parallelism, progress, manager, writer, preemption)
     if stopped_at is not None:
       return {"preempted": True, "step": stopped_at}
@@ -713,6 +736,7 @@ class _Progress:
   started: float  # time.time() when this process started.
   elapsed_before: float  # Training seconds of the runs this one resumes.
   tracked: Tuple[str, ...]  # The prunable layers' names.
+  workdir: str
   last_eval: Optional[Dict[str, float]] = None
 
   def elapsed(self) -> float:
@@ -744,7 +768,8 @@ def _resume(config, run: RunStart, manager, workdir: str, *, started: float) -> 
       manager, state_target=state, extras_target=canonical_extras,
       quarantine_dir=os.path.join(workdir, "checkpoints_corrupt"))
   progress = _Progress(state=state, extras=extras, canonical_extras=canonical_extras,
-                       start_step=0, started=started, elapsed_before=0.0, tracked=tracked)
+                       start_step=0, started=started, elapsed_before=0.0, tracked=tracked,
+                       workdir=workdir)
   if restored is None:
     return progress
   check_resumable(restored.meta, step=restored.step, steps_per_epoch=run.steps_per_epoch,
@@ -903,6 +928,8 @@ def _end_of_epoch(config, run, parallelism, progress, writer, step, entering_las
     betas = mean_signin_betas(parallelism, entering_last_step, masks)
     scalars.update(metrics.prefixed("beta", betas))
     lines.append(f"mean beta {betas[metrics.TOTAL]:.4f} (before the re-split)")
+  if epoch_end and step // run.steps_per_epoch in config.export_epochs:
+    _export_weights(parallelism, progress, step // run.steps_per_epoch)
   if epoch_end:
     extras.update(epoch_signs=metrics.signs(weights), epoch_masks=masks)
     progress.canonical_extras = replicate_from_host(extras, parallelism.replicated)
@@ -915,6 +942,24 @@ def _end_of_epoch(config, run, parallelism, progress, writer, step, entering_las
   writer.write_scalars(step, scalars)
   if jax.process_index() == 0:
     logging.info("Epoch %.2f (step %d): %s.", step / run.steps_per_epoch, step, ", ".join(lines))
+
+
+def _weight_arrays(parallelism, state, tracked) -> Dict[str, np.ndarray]:
+  """What final_weights.npz and the epoch exports hold: params, BatchNorm statistics, masks."""
+  arrays = {f"params/{k}": v for k, v in metrics.by_layer(parallelism.local(state.params)).items()}
+  arrays.update({f"batch_stats/{k}": v for k, v in
+                 metrics.by_layer(parallelism.local(state.batch_stats)).items()})
+  arrays.update({f"masks/{k}": v for k, v in _current_masks(parallelism, state, tracked).items()})
+  return arrays
+
+
+def _export_weights(parallelism, progress, epoch: int) -> None:
+  """weights/epoch_<k>.npz, for a later run's config.init_from (k = 0: the initialization)."""
+  arrays = _weight_arrays(parallelism, progress.state, progress.tracked)
+  if jax.process_index() == 0:
+    path = transfer.weights_file(progress.workdir, epoch)
+    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _save_npz_atomically(path, arrays)
 
 
 def _save_checkpoint(run, parallelism, progress, manager, writer, step: int) -> None:
@@ -955,13 +1000,10 @@ def _finish(config, run, parallelism, progress, manager, workdir: str) -> Dict[s
       "platform": jax.devices()[0].platform,
       "config": config.to_dict(),
   }
+  arrays = _weight_arrays(parallelism, state, progress.tracked)
   if jax.process_index() == 0:
     _write_json_atomically(os.path.join(workdir, "summary.json"), summary)
-    arrays = {f"params/{k}": v for k, v in params.items()}
-    arrays.update({f"batch_stats/{k}": v for k, v in
-                   metrics.by_layer(parallelism.local(state.batch_stats)).items()})
-    arrays.update({f"masks/{k}": v for k, v in masks.items()})
-    _save_npz_atomically(os.path.join(workdir, "final_weights.npz"), arrays)
+    _save_npz_atomically(transfer.weights_file(workdir, transfer.FINAL), arrays)
     logging.info("Done: test accuracy %.4f, sparsity of prunable layers %.4f (measured on the "
                  "final weights), sign flips vs init %.4f, wall time %s. Summary: %s",
                  summary["test_accuracy"], summary["sparsity"][metrics.TOTAL]["sparsity"],

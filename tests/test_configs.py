@@ -89,7 +89,46 @@ BAD_VALUES = [
     ("num_processes", 2, "num_processes"),  # Without config.distributed=True.
     ("seed", -1, "seed"),  # jax.random.PRNGKey would take it; the data pipeline would not.
     ("seed", 2**31, "seed"),
+    ("schedule.method", "lottery", "schedule.method"),
+    ("export_epochs", (-1,), "export_epochs"),
 ]
+
+
+@pytest.mark.parametrize("method, changes, named", [
+    ("rigl", dict(drop_fraction=0.0), "schedule.drop_fraction"),
+    ("set", dict(drop_fraction_anneal="linear"), "schedule.drop_fraction_anneal"),
+    ("rigl", dict(update_every_steps=0), "schedule.update_every_steps"),
+    ("gmp", dict(start=0.5, end=0.5), "schedule.end"),
+    ("gmp", dict(initial_sparsity=0.95), "schedule.initial_sparsity"),
+    ("acdc", dict(warmup=0.6, final=0.5), "schedule.final"),
+    ("acdc", dict(phase=0.0), "schedule.phase"),
+])
+def test_invalid_schedule_fields_name_the_field(method, changes, named):
+  config = load("default")
+  config.schedule.method = method
+  for k, v in changes.items():
+    config.schedule[k] = v
+  with pytest.raises(ValueError, match=f"config.{named}="):
+    config_validation.validate_config(config)
+
+
+def test_schedules_that_cannot_apply_are_refused():
+  config = load("default")
+  config.schedule.method, config.mask.scope = "rigl", "global"
+  with pytest.raises(ValueError, match="config.mask.scope='global' is invalid: must be 'layer'"):
+    config_validation.validate_config(config)
+  config.mask.scope, config.sparsity = "layer", 0.0
+  with pytest.raises(ValueError, match="config.schedule.method='rigl' is invalid: needs "
+                                       "config.sparsity > 0"):
+    config_validation.validate_config(config)
+  config.sparsity, config.schedule.method = 0.9, "gmp"
+  config.init_from.workdir = "/some/run"
+  with pytest.raises(ValueError, match="config.schedule.method='gmp' is invalid: must be "
+                                       "'static', 'rigl' or 'set' with config.init_from"):
+    config_validation.validate_config(config)
+  config.schedule.method, config.init_from.signs = "static", "flipped"
+  with pytest.raises(ValueError, match="config.init_from.signs='flipped'"):
+    config_validation.validate_config(config)
 
 
 @pytest.mark.parametrize("split", ["train", "train[:50000]", "train[90%:]", "test[-100:]",
