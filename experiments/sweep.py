@@ -13,6 +13,10 @@ A grid file defines ``get_grid()`` returning a list of cells, each a dict::
      "method": "PaI random ERK",                 # optional: the curve this cell belongs to in plots
      "group": "main"}                            # optional: 'main' (default) or e.g. 'ablation'
 
+An override value may name another cell's run of the same seed, ``"{workdir:<cell>}"``, e.g.
+``{"init_from.workdir": "{workdir:rigl_s0.9}"}`` (a run that starts from the mask of another):
+it becomes that run's workdir, and the run waits until that run has its results.
+
 Every (cell, seed) is one run of ``python main.py --config=<config> --workdir=<workdir>
 --config.seed=<seed> --config.<key>=<value> ...`` in a subprocess, with the workdir
 ``<workdir_root>/<grid>/<cell>/seed<k>`` (checkpoints, logs; not meant for git). When a run has
@@ -49,7 +53,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RESULTS_ROOT = os.path.join(REPO_ROOT, "experiments", "results")
@@ -57,6 +61,7 @@ DEFAULT_WORKDIR_ROOT = os.path.join(REPO_ROOT, "workdirs", "sweeps")
 GROUPS = ("main", "ablation")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _LOG_TAIL_LINES = 15
+_DEPENDENCY = re.compile(r"\{workdir:([A-Za-z0-9_.+-]+)\}")
 
 # Columns of the results table: (key in the results JSON, CSV stem, markdown header, format).
 STATISTICS = (
@@ -127,6 +132,27 @@ def parse_cell(index: int, raw: Any) -> Cell:
               seeds=tuple(seeds), method=method, group=group)
 
 
+def dependencies(cell: Cell) -> List[str]:
+  """The cells whose workdirs (same seed) ``cell``'s overrides name."""
+  return sorted({name for v in cell.overrides.values() if isinstance(v, str)
+                 for name in _DEPENDENCY.findall(v)})
+
+
+def _check_dependencies(cells: Sequence[Cell], path: str) -> None:
+  by_name = {c.name: c for c in cells}
+  for cell in cells:
+    for name in dependencies(cell):
+      if name not in by_name:
+        _fail(f"--grid {path!r}: cell {cell.name!r} names {{workdir:{name}}}, which is no cell "
+              "of the grid.")
+      missing = sorted(set(cell.seeds) - set(by_name[name].seeds))
+      if missing:
+        _fail(f"--grid {path!r}: cell {cell.name!r} needs cell {name!r} for seeds {missing}, "
+              "which that cell does not run.")
+      if name == cell.name or cell.name in dependencies(by_name[name]):
+        _fail(f"--grid {path!r}: cells {cell.name!r} and {name!r} depend on each other.")
+
+
 def load_grid(path: str) -> List[Cell]:
   """Imports the grid file at ``path`` and returns its checked cells (names unique)."""
   if not os.path.isfile(path):
@@ -143,6 +169,7 @@ def load_grid(path: str) -> List[Cell]:
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     _fail(f"--grid {path!r}: cell names must be unique; repeated: {duplicates}.")
+  _check_dependencies(cells, path)
   return cells
 
 
@@ -174,8 +201,15 @@ def format_override(value: Any) -> str:
         "use str, bool, int, float or tuple.")
 
 
-def run_command(run: Run, workdir: str, extra_overrides: Dict[str, str]) -> List[str]:
-  overrides = {**{k: format_override(v) for k, v in run.cell.overrides.items()},
+def run_command(run: Run, workdir: str, extra_overrides: Dict[str, str],
+                workdir_of: Optional[Callable[[str, int], str]] = None) -> List[str]:
+  """The run's main.py command; ``workdir_of(cell, seed)`` resolves ``{workdir:<cell>}``."""
+  def resolve(text):
+    if workdir_of is None:
+      return text
+    return _DEPENDENCY.sub(lambda m: workdir_of(m.group(1), run.seed), text)
+
+  overrides = {**{k: resolve(format_override(v)) for k, v in run.cell.overrides.items()},
                **extra_overrides, "seed": str(run.seed)}
   return ([sys.executable, os.path.join(REPO_ROOT, "main.py"),
            f"--config={os.path.join(REPO_ROOT, run.cell.config)}", f"--workdir={workdir}"]
@@ -279,12 +313,13 @@ def say(message: str) -> None:
 
 
 def execute(run: Run, *, workdir: str, results_dir: str, extra_overrides: Dict[str, str],
-            env: Dict[str, str]) -> Optional[str]:
+            env: Dict[str, str],
+            workdir_of: Optional[Callable[[str, int], str]] = None) -> Optional[str]:
   """Runs one (cell, seed) and stores its results JSON; returns an error message or None."""
   label = f"{run.cell.name} seed {run.seed}"
   os.makedirs(workdir, exist_ok=True)
   log_path = os.path.join(workdir, "sweep.log")
-  command = run_command(run, workdir, extra_overrides)
+  command = run_command(run, workdir, extra_overrides, workdir_of)
   say(f"[sweep] start {label}: workdir {workdir}")
   started = time.time()
   with open(log_path, "a", encoding="utf-8") as log:
@@ -339,22 +374,37 @@ def run_grid(cells: Sequence[Cell], *, name: str, results_root: str, workdir_roo
     say(f"[sweep] STALE {message}")
   say(f"[sweep] grid {name}: {len(runs)} runs, {len(runs) - len(todo)} already have results, "
       f"{len(todo)} to run{' (dry run)' if dry_run else ''} with --parallel {parallel}.")
-  workdir = lambda r: os.path.join(workdir_root, name, r.cell.name, f"seed{r.seed}")
+  workdir_of = lambda cell, seed: os.path.join(workdir_root, name, cell, f"seed{seed}")
+  workdir = lambda r: workdir_of(r.cell.name, r.seed)
   if dry_run:
     for r in todo:
-      say("  " + " ".join(run_command(r, workdir(r), extra_overrides)))
+      say("  " + " ".join(run_command(r, workdir(r), extra_overrides, workdir_of)))
     return stale
   os.makedirs(results_dir, exist_ok=True)
   env = thread_limited_env(parallel)
   failures = list(stale)
-  with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-    futures = [pool.submit(execute, r, workdir=workdir(r), results_dir=results_dir,
-                           extra_overrides=extra_overrides, env=env) for r in todo]
-    for future in futures:
-      error = future.result()
-      if error is not None:
-        failures.append(error)
-        say(f"[sweep] FAILED {error}")
+  by_name = {c.name: c for c in cells}
+  done = lambda cell, seed: os.path.isfile(results_path(results_dir, Run(by_name[cell], seed)))
+  # In waves: each runs what has every dependency's results (the first: all without any).
+  while todo:
+    ready = [r for r in todo if all(done(d, r.seed) for d in dependencies(r.cell))]
+    if not ready:
+      for r in todo:
+        failures.append(f"{r.cell.name} seed {r.seed}: not run, since "
+                        f"{[d for d in dependencies(r.cell) if not done(d, r.seed)]} (same "
+                        "seed) has no results.")
+        say(f"[sweep] FAILED {failures[-1]}")
+      break
+    todo = [r for r in todo if r not in ready]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+      futures = [pool.submit(execute, r, workdir=workdir(r), results_dir=results_dir,
+                             extra_overrides=extra_overrides, env=env, workdir_of=workdir_of)
+                 for r in ready]
+      for future in futures:
+        error = future.result()
+        if error is not None:
+          failures.append(error)
+          say(f"[sweep] FAILED {error}")
   return failures
 
 
