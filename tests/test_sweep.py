@@ -214,3 +214,53 @@ def test_paired_differences_match_the_same_seeds_runs():
   assert ablation["difference"][0] == pytest.approx(6.0)
   assert "| noreset | signin | 90 | 1 | 95.00 | 89.00 | +6.00 | 1/1 | +0.00 |" in (
       paired.markdown(paired.paired_rows(records)))
+
+
+def _dependency_grid(tmp_path, dependent_seeds=(0, 1), source="src"):
+  grid = tmp_path / "deps.py"
+  grid.write_text(
+      "def get_grid():\n"
+      f"  return [{{'name': 'use', 'config': {CONFIG!r}, 'seeds': {list(dependent_seeds)!r},\n"
+      f"           'overrides': {{'init_from.workdir': '{{workdir:{source}}}'}}}},\n"
+      f"          {{'name': 'src', 'config': {CONFIG!r}, 'seeds': [0, 1]}}]\n")
+  return str(grid)
+
+
+def test_a_cell_naming_another_runs_after_it_with_its_workdir(tmp_path, monkeypatch):
+  cells = sweep.load_grid(_dependency_grid(tmp_path))
+  order = []
+
+  def fake_execute(run, *, workdir, results_dir, extra_overrides, env, workdir_of):
+    command = sweep.run_command(run, workdir, extra_overrides, workdir_of)
+    order.append((run.cell.name, run.seed, command))
+    with open(sweep.results_path(results_dir, run), "w") as f:
+      json.dump({"overrides": run.cell.overrides}, f)
+
+  monkeypatch.setattr(sweep, "execute", fake_execute)
+  failures = sweep.run_grid(cells, name="deps", results_root=str(tmp_path / "results"),
+                            workdir_root="/w", parallel=2, extra_overrides={}, dry_run=False)
+  assert not failures
+  assert [(c, s) for c, s, _ in order] == [("src", 0), ("src", 1), ("use", 0), ("use", 1)]
+  for cell, seed, command in order:
+    if cell == "use":  # the source's workdir of the same seed
+      assert f"--config.init_from.workdir=/w/deps/src/seed{seed}" in command
+
+
+def test_a_failed_source_leaves_its_dependents_unrun(tmp_path, monkeypatch):
+  cells = sweep.load_grid(_dependency_grid(tmp_path))
+  monkeypatch.setattr(sweep, "execute", lambda run, **kw: "src failed" if run.cell.name == "src"
+                      else pytest.fail("a dependent ran without its source"))
+  failures = sweep.run_grid(cells, name="deps", results_root=str(tmp_path / "results"),
+                            workdir_root="/w", parallel=1, extra_overrides={}, dry_run=False)
+  assert failures[:2] == ["src failed", "src failed"]
+  assert any("use seed 0: not run, since ['src']" in f for f in failures)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(source="nope"), "names {workdir:nope}, which is no cell"),
+    (dict(dependent_seeds=(0, 5)), "needs cell 'src' for seeds [5]"),
+])
+def test_bad_dependencies_are_rejected(tmp_path, kwargs, message):
+  with pytest.raises(ValueError) as error:
+    sweep.load_grid(_dependency_grid(tmp_path, **kwargs))
+  assert message in str(error.value)
