@@ -25,9 +25,10 @@ import sweep  # pylint: disable=g-import-not-at-top
 
 
 def _mask_key(record) -> str:
-  """The record's overrides without Sign-In's: equal for runs on the same masks and inits."""
+  """The record's overrides without Sign-In's (and without export_epochs, which writes files and
+  changes no training): equal for runs on the same masks and inits."""
   return repr(sorted((k, v) for k, v in record["overrides"].items()
-                     if not k.startswith("signin.")))
+                     if not k.startswith("signin.") and k != "export_epochs"))
 
 
 def _partner(record, records) -> Optional[Dict[str, Any]]:

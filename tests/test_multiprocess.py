@@ -110,7 +110,9 @@ def summary(workdir):
     return json.load(f)
 
 
-pytestmark = pytest.mark.slow  # Several processes of the trainer: about 2 minutes together.
+# Several processes of the trainer, about 2 minutes together, sharing one module fixture (so
+# one pytest-xdist worker runs them all).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multiprocess")]
 
 
 @pytest.fixture(scope="module")

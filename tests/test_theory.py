@@ -8,6 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+# One pytest-xdist worker runs this module: its tests share a module-scoped fixture.
+pytestmark = pytest.mark.xdist_group("theory")
+
 _PATH = os.path.join(os.path.dirname(__file__), "..", "experiments", "theory_single_neuron.py")
 _spec = importlib.util.spec_from_file_location("theory_single_neuron", _PATH)
 theory = importlib.util.module_from_spec(_spec)

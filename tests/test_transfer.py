@@ -10,6 +10,9 @@ from signin_jax import metrics
 from signin_jax import train
 from tests import tfds_mock
 
+# One pytest-xdist worker runs this module: its tests share a module-scoped fixture.
+pytestmark = pytest.mark.xdist_group("transfer")
+
 MOCK_EXAMPLES = 64  # 8 steps per epoch at batch 8.
 
 
