@@ -7,8 +7,13 @@ weights and the same mask to PaI and to PaI + Sign-In, so the per-seed differenc
 of the seed-to-seed spread. Printed (markdown):
 
 * main group: each Sign-In cell minus the PaI cell that differs from it only in ``signin.*``;
-* ablation group: each ablation cell minus the main Sign-In cell that differs from it only in
-  ``signin.*`` (same mask), i.e. what the ablated choice changes.
+* ablation group: each Sign-In ablation cell minus the cell of its own group that differs from
+  it only in ``signin.*`` if there is one (e.g. a fresh init with and without Sign-In on a
+  transferred mask), else minus the main Sign-In cell that differs from it only in
+  ``signin.*`` (same mask), i.e. what the ablated choice changes;
+* transfers: each cell started from another cell's run (``init_from.workdir`` =
+  ``{workdir:<cell>}``, experiments/sweep.py) minus that source cell, seed k against the source's
+  seed k, whose mask (and signs or magnitudes) it was given.
 
 Each row: both cells' mean test accuracy, the mean and sample std of the per-seed differences
 in percentage points, how many seeds the change helped, and the same difference for the sign
@@ -31,13 +36,29 @@ def _mask_key(record) -> str:
                      if not k.startswith("signin.") and k != "export_epochs"))
 
 
-def _partner(record, records) -> Optional[Dict[str, Any]]:
-  want_signin = record["group"] != "main"  # ablations are compared with main Sign-In runs
+def _find(records, **want) -> Optional[Dict[str, Any]]:
+  """The first record whose fields (``signin`` meaning ``signin.enabled``) equal ``want``."""
   for other in records:
-    if (other["group"] == "main" and other["seed"] == record["seed"]
-        and bool(other["signin"]["enabled"]) == want_signin
-        and _mask_key(other) == _mask_key(record) and other is not record):
+    fields = dict(other, signin=bool(other["signin"]["enabled"]), mask_key=_mask_key(other))
+    if all(fields[k] == v for k, v in want.items()):
       return other
+  return None
+
+
+def _signin_partner(record, records) -> Optional[Dict[str, Any]]:
+  """Without Sign-In in the same group, else (ablations) the main Sign-In run; same mask."""
+  same = dict(seed=record["seed"], mask_key=_mask_key(record))
+  partner = _find(records, group=record["group"], signin=False, **same)
+  if partner is None and record["group"] != "main":
+    partner = _find(records, group="main", signin=True, **same)
+  return partner
+
+
+def _source_cell(record) -> Optional[str]:
+  """The cell a transfer run took its mask from (``{workdir:<cell>}``), else None."""
+  source = record["overrides"].get("init_from.workdir", "")
+  if isinstance(source, str) and source.startswith("{workdir:") and source.endswith("}"):
+    return source[len("{workdir:"):-1]
   return None
 
 
@@ -45,11 +66,14 @@ def paired_rows(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
   """One row per (changed cell, reference cell) with per-seed paired statistics."""
   pairs: Dict[tuple, List[tuple]] = {}
   for r in records:
-    if not r["signin"]["enabled"]:
-      continue
-    partner = _partner(r, records)
-    if partner is not None:
-      pairs.setdefault((r["cell"], partner["cell"]), []).append((r, partner))
+    partners = []
+    if r["signin"]["enabled"]:
+      partners.append(_signin_partner(r, records))
+    if _source_cell(r) is not None:
+      partners.append(_find(records, cell=_source_cell(r), seed=r["seed"]))
+    for partner in partners:
+      if partner is not None and partner is not r:
+        pairs.setdefault((r["cell"], partner["cell"]), []).append((r, partner))
   rows = []
   for (cell, reference), runs in pairs.items():
     runs.sort(key=lambda p: p[0]["seed"])

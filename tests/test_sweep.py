@@ -216,6 +216,26 @@ def test_paired_differences_match_the_same_seeds_runs():
       paired.markdown(paired.paired_rows(records)))
 
 
+def test_transfer_runs_pair_with_their_source_and_with_their_own_group():
+  import paired  # pylint: disable=g-import-not-at-top
+  transfer = {"init_from.workdir": "{workdir:gmp}"}
+  records = [
+      _record("gmp", 0, 0.80, 0.10, signin=False), _record("gmp", 1, 0.82, 0.10, signin=False),
+      _record("gmp_signin", 0, 0.70, 0.10, signin=True),
+      _record("reinit", 0, 0.84, 0.20, signin=False, group="ablation", **transfer),
+      _record("reinit", 1, 0.83, 0.20, signin=False, group="ablation", **transfer),
+      _record("reinit_signin", 0, 0.85, 0.30, signin=True, group="ablation", **transfer),
+  ]
+  rows = {(r["cell"], r["reference"]): r for r in paired.paired_rows(records)}
+  assert set(rows) == {("gmp_signin", "gmp"), ("reinit", "gmp"), ("reinit_signin", "gmp"),
+                       ("reinit_signin", "reinit")}
+  to_source = rows[("reinit", "gmp")]  # seed k against the source's seed k
+  assert to_source["n"] == 2 and to_source["helped"] == 2
+  assert to_source["difference"][0] == pytest.approx(2.5)  # (+4 + 1) / 2 pp
+  with_signin = rows[("reinit_signin", "reinit")]  # same group, differs only in signin.*
+  assert with_signin["n"] == 1 and with_signin["difference"][0] == pytest.approx(1.0)
+
+
 def _dependency_grid(tmp_path, dependent_seeds=(0, 1), source="src"):
   grid = tmp_path / "deps.py"
   grid.write_text(
