@@ -8,7 +8,7 @@ Setting: the same as experiments/grids/fashion_mnist_study.py (LeNet-300-100 on 
 learning rate 0.1 and weight decay 1e-4 tuned there for PaI and reused here without re-tuning,
 ERK budget, seeds 0, 1, 2), so its PaI and PaI + Sign-In rows (cells pai_erk_s*, and dense) are
 this study's too. Why this model rather than the small CNN: the part-1 rows are reused as they
-are, and the whole grid (108 runs) fits in about an hour at --parallel 2.
+are, and the whole grid (126 runs) fits in about an hour at --parallel 2.
 
 Cells (3 paired seeds each: a seed gives the same initialization, and for RigL and SET the same
 initial random ERK mask, with and without Sign-In):
@@ -23,8 +23,13 @@ initial random ERK mask, with and without Sign-In):
   - signs3_randmag: the signs of epoch 3, random magnitudes (an independent init draw);
   - mag3_randsign: the magnitudes of epoch 3, random signs (our choice: the same epoch as the
     signs above, so the two rows differ only in which half of the weights is kept);
-  - reinit: a fresh initialization (this seed's own);
-  - reinit_signin: a fresh initialization, trained with Sign-In.
+  - reinit: this seed's own initialization, i.e. the source run's initialization rewound onto
+    its final mask (a lottery ticket; GMP and AC/DC start dense from it, RigL's random ERK mask
+    keeps part of it);
+  - reinit_signin: the same, trained with Sign-In;
+  - fresh: a fresh random initialization, independent of the source's (random signs and
+    magnitudes of an independent draw of the initializer: the paper's "random init" row);
+  - fresh_signin: the same, trained with Sign-In.
 """
 
 CONFIG = "configs/fashion_mnist_quickstart.py"
@@ -64,8 +69,13 @@ def get_grid():
                         {"init_from.magnitudes": "learned",
                          "init_from.magnitudes_epoch": SIGNS_EPOCH,
                          "init_from.signs": "random", **OFF}),
-      "reinit": ("fresh init", {**OFF}),
-      "reinit_signin": ("fresh init + Sign-In", {**SIGNIN}),
+      "reinit": ("original init", {**OFF}),
+      "reinit_signin": ("original init + Sign-In", {**SIGNIN}),
+      "fresh": ("fresh random init", {"init_from.signs": "random",
+                                      "init_from.magnitudes": "random", **OFF}),
+      "fresh_signin": ("fresh random init + Sign-In", {"init_from.signs": "random",
+                                                       "init_from.magnitudes": "random",
+                                                       **SIGNIN}),
   }
   for key in SIGNS_METHODS:
     for variant, (label, change) in variants.items():
