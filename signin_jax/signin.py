@@ -30,8 +30,11 @@ Hence (a) the state holds one extra float per reparameterized weight (plus whate
 keeps for the two factors, e.g. two momenta for SGD with momentum), and (b) if code outside the
 transform changes theta between steps (re-applying a mask, a pruner, regrowth at zero), the next
 update starts from the new theta: there is no stale copy of theta that could come back.
-``m`` stays away from zero: after a split ``m >= sqrt(beta)``, and between resets
-``m**2 - w**2`` only shrinks slowly through weight decay (``d beta/dt = -2 lambda beta``).
+After a split ``m >= sqrt(beta)``; under gradient flow ``m**2 - w**2`` then only shrinks
+slowly through weight decay (``d beta/dt = -2 lambda beta``), so ``m`` stays away from zero.
+Discrete steps do not conserve it: after large updates ``m`` can come close to zero before the
+next reset (``experiments/trace_run.py`` prints the smallest ``|m|`` per layer; see
+docs/results.md, part 2, for a run where it fell to 0.016 and the run diverged).
 
 This module depends only on jax and optax.
 """
