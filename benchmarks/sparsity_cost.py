@@ -20,21 +20,24 @@ from other processes, which changes over seconds, hits both sides of a ratio ali
 variants also take turns in blocks of ``--block`` steps within a round.
 
 Measured with ``python benchmarks/sparsity_cost.py`` (defaults: batch 128, period 100, 2 rounds;
-13.6 min wall) on 2 AMD EPYC cores (1 jax CPU device), jax 0.10.2, optax 0.2.8, while other
-test runs loaded the machine (load average 3.3 to 6.7):
+9.1 min wall) on 2 Intel Xeon cores (1 jax CPU device), jax 0.10.2, optax 0.2.8, machine
+otherwise idle, 2026-12-03, commit 46eec9b:
 
-    (a) SGD+m:   static 100 steps 78.6 s, RigL 76.6 s: 0.972x [0.955-0.989];
-                 mask-update step 0.71 s vs ordinary step 0.85 s: 0.85x [0.80-0.90]
-        Sign-In: static 75.7 s, RigL 73.2 s: 0.967x [0.955-0.980];
-                 mask-update step 0.79 s vs 0.73 s: 1.07x [1.04-1.10]
-    (b) static sparse_training update: SGD+m 132 ms, Sign-In 1361 ms; RigL new_masks alone
-        15.8 s: 119x [109-128] of SGD+m, 36x [5.6-66.5] of Sign-In
+    (a) SGD+m:   static 100 steps 59.3 s, RigL 56.9 s: 0.961x [0.960-0.961];
+                 mask-update step 0.63 s vs ordinary step 0.61 s: 1.03x [1.02-1.05]
+        Sign-In: static 59.3 s, RigL 56.7 s: 0.956x [0.954-0.957];
+                 mask-update step 0.63 s vs 0.61 s: 1.04x [1.04-1.05]
+    (b) static sparse_training update: SGD+m 59.2 ms, Sign-In 114 ms; RigL new_masks alone
+        6.27 s: 106x [100-113] of SGD+m, 55x [52-58] of Sign-In
 
-On that loaded machine a ratio varies by about +-5 %, more than the 1.03x goal, so (a) shows
-only that RigL's cost is under that noise. At batch 8 (``--batch_size=8 --period=4``) a mask
-update adds about 0.1 s to the step. (b) is mostly sorting: ``masks._top_k_mask`` runs a stable
-argsort of a whole leaf (about 0.8 s for the 2.36M entries of a 3x3x512x512 kernel here, against
-0.2 s for ``lax.top_k``), twice per layer.
+RigL's 99 ordinary steps per period measure 0.96x of as many static steps in both rounds (a
+difference in how XLA compiles the two schedules' steps, not traced further), so (a) shows
+that the mask update costs less than that difference. An earlier run (2026-12-02, AMD EPYC,
+machine loaded by test runs: load average 3.3 to 6.7) gave 0.972x and 0.967x, and 119x in (b);
+on that machine, at batch 8 (``--batch_size=8 --period=4``), a mask update added about 0.1 s to
+the step. (b) is mostly sorting: ``masks._top_k_mask`` runs a stable argsort of a whole leaf
+(on the earlier machine about 0.8 s for the 2.36M entries of a 3x3x512x512 kernel, against
+0.2 s for ``lax.top_k``, which needs a static k), twice per layer.
 """
 
 import argparse
