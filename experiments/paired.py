@@ -36,11 +36,14 @@ def _mask_key(record) -> str:
                      if not k.startswith("signin.") and k != "export_epochs"))
 
 
+_DERIVED = {"signin": lambda r: bool(r["signin"]["enabled"]), "mask_key": _mask_key}
+
+
 def _find(records, **want) -> Optional[Dict[str, Any]]:
-  """The first record whose fields (``signin`` meaning ``signin.enabled``) equal ``want``."""
+  """The first record whose fields equal ``want`` (``signin``: ``signin.enabled``;
+  ``mask_key``: :func:`_mask_key`, computed only for records that match the fields before it)."""
   for other in records:
-    fields = dict(other, signin=bool(other["signin"]["enabled"]), mask_key=_mask_key(other))
-    if all(fields[k] == v for k, v in want.items()):
+    if all((_DERIVED[k](other) if k in _DERIVED else other[k]) == v for k, v in want.items()):
       return other
   return None
 
@@ -54,14 +57,6 @@ def _signin_partner(record, records) -> Optional[Dict[str, Any]]:
   return partner
 
 
-def _source_cell(record) -> Optional[str]:
-  """The cell a transfer run took its mask from (``{workdir:<cell>}``), else None."""
-  source = record["overrides"].get("init_from.workdir", "")
-  if isinstance(source, str) and source.startswith("{workdir:") and source.endswith("}"):
-    return source[len("{workdir:"):-1]
-  return None
-
-
 def paired_rows(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
   """One row per (changed cell, reference cell) with per-seed paired statistics."""
   pairs: Dict[tuple, List[tuple]] = {}
@@ -69,8 +64,9 @@ def paired_rows(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     partners = []
     if r["signin"]["enabled"]:
       partners.append(_signin_partner(r, records))
-    if _source_cell(r) is not None:
-      partners.append(_find(records, cell=_source_cell(r), seed=r["seed"]))
+    source = sweep.source_cell(r["overrides"])
+    if source is not None:
+      partners.append(_find(records, cell=source, seed=r["seed"]))
     for partner in partners:
       if partner is not None and partner is not r:
         pairs.setdefault((r["cell"], partner["cell"]), []).append((r, partner))

@@ -66,7 +66,6 @@ import sweep  # pylint: disable=g-import-not-at-top
 
 SIGNIN_SUFFIX = " + Sign-In"
 SOURCE_BAR = "the method itself"  # signs_sufficient.png's bar of the source cell's own runs
-_WORKDIR_REF = re.compile(r"\{workdir:(?P<cell>[^{}]+)\}")
 
 
 def _grid_order(results_dir: str) -> Dict[str, int]:
@@ -286,13 +285,13 @@ def signs_sufficient_table(records) -> Tuple[List[str], List[Tuple[str, Dict[str
   by_source = collections.OrderedDict()  # source cell -> {variant: Bar}
   for runs in cells.values():
     first = runs[0]
-    match = _WORKDIR_REF.fullmatch(str(first["overrides"].get("init_from.workdir", "")))
-    if first["group"] != "ablation" or not match:
+    source = sweep.source_cell(first["overrides"])
+    if first["group"] != "ablation" or source is None:
       continue
     variant = first["method"].split("mask, ", 1)[-1]
     if variant not in variants:
       variants.append(variant)
-    _put(by_source.setdefault(match["cell"], {}), variant, _accuracy_bar(first["method"], runs))
+    _put(by_source.setdefault(source, {}), variant, _accuracy_bar(first["method"], runs))
   groups = []
   for source, bars in by_source.items():
     if source not in cells:

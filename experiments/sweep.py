@@ -138,6 +138,13 @@ def dependencies(cell: Cell) -> List[str]:
                  for name in _DEPENDENCY.findall(v)})
 
 
+def source_cell(overrides: Dict[str, Any]) -> Optional[str]:
+  """The cell a run started from: ``<cell>`` if ``init_from.workdir`` is exactly
+  ``"{workdir:<cell>}"``, else None (experiments/paired.py and plot.py pair and group by it)."""
+  match = _DEPENDENCY.fullmatch(str(overrides.get("init_from.workdir", "")))
+  return match.group(1) if match else None
+
+
 def _check_dependencies(cells: Sequence[Cell], path: str) -> None:
   by_name = {c.name: c for c in cells}
   for cell in cells:

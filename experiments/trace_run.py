@@ -27,6 +27,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from signin_jax import config_validation  # pylint: disable=g-import-not-at-top
 from signin_jax import input_pipeline
+from signin_jax import masks as masks_lib
 from signin_jax import prepare_data
 from signin_jax import signin
 from signin_jax import train
@@ -38,17 +39,13 @@ _EVERY = flags.DEFINE_integer("every", 50, "Print every this many steps.")
 flags.mark_flags_as_required(["config"])
 
 
-def _name(path) -> str:
-  return "/".join(str(getattr(k, "key", k)) for k in path)
-
-
 def layer_extremes(params, opt_state):
   """Per layer: max |theta|, and with Sign-In the smallest |m| of each reparameterized layer."""
-  max_theta = {_name(p): float(jnp.max(jnp.abs(v)))
+  max_theta = {masks_lib.path_str(p): float(jnp.max(jnp.abs(v)))
                for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   state = signin.find_signin_state(opt_state)
   min_m = {} if state is None else {
-      _name(p): float(jnp.min(jnp.abs(m)))
+      masks_lib.path_str(p): float(jnp.min(jnp.abs(m)))
       for p, m in jax.tree_util.tree_flatten_with_path(state.m)[0]}
   return max_theta, min_m
 
