@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from signin_jax import config_validation
+from signin_jax import parallel
 from signin_jax import prepare_data
 from signin_jax import train
 
@@ -32,7 +33,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   config_validation.validate_config(config)  # Bad values fail before any data is prepared.
-  train.initialize_distributed(config)
+  parallel.initialize_distributed(config)
   # Process 0 prepares the dataset first: with a data_dir shared by all hosts (a bucket) the
   # others then find it prepared instead of all building it at once; with per-host data_dirs
   # each prepares its own.

@@ -23,7 +23,8 @@ from ml_collections import config_flags
 from signin_jax import config_validation
 from signin_jax import input_pipeline
 from signin_jax import prepare_data
-from signin_jax import train
+from signin_jax import parallel
+from signin_jax import run_start
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/fashion_mnist_quickstart.py",
@@ -37,14 +38,14 @@ def main(argv):
   config = _CONFIG.value
   config_validation.validate_config(config)
   prepare_data.ensure_prepared(config.dataset, config.data_dir)  # As main.py does.
-  run = train.create_run_start(config)  # The trainer's model, masks, optimizer, state.
-  parallelism = train.create_parallelism(config, model=run.model, tx=run.tx,
+  run = run_start.create_run_start(config)  # The trainer's model, masks, optimizer, state.
+  parallelism = parallel.create_parallelism(config, model=run.model, tx=run.tx,
                                          num_classes=run.dataset.num_classes)
-  mesh_state = parallelism.put_state(train.replicate_from_host(
+  mesh_state = parallelism.put_state(parallel.replicate_from_host(
       jax.device_get(run.state), parallelism.replicated))
   states = {"pipeline": mesh_state, "resident": mesh_state}
 
-  batches = train.prefetch(map(parallelism.put_batch, input_pipeline.train_iterator(
+  batches = parallel.prefetch(map(parallelism.put_batch, input_pipeline.train_iterator(
       config.dataset, global_batch_size=config.batch_size, seed=config.seed, **run.data_kwargs)))
   resident = next(batches)
   feeds = {"pipeline": lambda: next(batches), "resident": lambda: resident}

@@ -114,7 +114,7 @@ def update_only(repeats):
 def train_step_ratio(repeats):
   # The trainer's own optimizer and train step, as configs/cifar10_r20.py builds them.
   from configs import cifar10_r20  # pylint: disable=g-import-not-at-top
-  from signin_jax import train  # pylint: disable=g-import-not-at-top  (needs flax)
+  from signin_jax import run_start, train_steps  # pylint: disable=g-import-not-at-top  (needs flax)
   from signin_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config = cifar10_r20.get_config()
   # CIFAR-10 itself is not needed (nor available here): a random batch, and the steps per
@@ -122,7 +122,7 @@ def train_step_ratio(repeats):
   dataset = input_pipeline.DATASETS[config.dataset]
   batch_size, num_classes = config.batch_size, dataset.num_classes
   steps_per_epoch = dataset.num_train // batch_size
-  model = train.create_model(config, num_classes=num_classes)
+  model = run_start.create_model(config, num_classes=num_classes)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + dataset.image_shape),
                          train=False)
   mask = masks_lib.create_masks(jax.random.PRNGKey(1), variables["params"], 0.9,
@@ -135,12 +135,12 @@ def train_step_ratio(repeats):
 
   def runner(signin_enabled):
     config.signin.enabled = signin_enabled
-    tx = train.create_optimizer(config, steps_per_epoch=steps_per_epoch,
+    tx = train_steps.create_optimizer(config, steps_per_epoch=steps_per_epoch,
                                 num_steps=config.num_epochs * steps_per_epoch, masks=mask)
-    state = [train.TrainState(step=jnp.zeros([], jnp.int32), params=params,
+    state = [train_steps.TrainState(step=jnp.zeros([], jnp.int32), params=params,
                               batch_stats=variables["batch_stats"], opt_state=tx.init(params),
                               rng=jax.random.PRNGKey(2))]
-    step = jax.jit(lambda s, b: train.train_step(s, b, apply_fn=model.apply, tx=tx,
+    step = jax.jit(lambda s, b: train_steps.train_step(s, b, apply_fn=model.apply, tx=tx,
                                                  num_classes=num_classes, label_smoothing=0.0))
 
     def call():

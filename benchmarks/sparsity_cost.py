@@ -77,7 +77,7 @@ def init_params(model, input_shape):
 
 
 def train_step_part(args):
-  from signin_jax import train  # pylint: disable=g-import-not-at-top  (needs flax)
+  from signin_jax import train_steps  # pylint: disable=g-import-not-at-top  (needs flax)
   num_classes, period = 10, args.period
   model = models.get_model("resnet20", num_classes=num_classes)
   variables = init_params(model, (1, 32, 32, 3))
@@ -98,10 +98,10 @@ def train_step_part(args):
     # Start the update counter `warmup` steps before a period boundary: after the warm-up each
     # round is steps k*period+1 .. (k+1)*period, whose last one is RigL's mask update.
     opt_state = tx.init(params)._replace(count=jnp.asarray(period - warmup, jnp.int32))
-    state = [train.TrainState(step=jnp.zeros([], jnp.int32), params=params,
+    state = [train_steps.TrainState(step=jnp.zeros([], jnp.int32), params=params,
                               batch_stats=variables["batch_stats"], opt_state=opt_state,
                               rng=jax.random.PRNGKey(2))]
-    step = jax.jit(lambda s, b: train.train_step(s, b, apply_fn=model.apply, tx=tx,
+    step = jax.jit(lambda s, b: train_steps.train_step(s, b, apply_fn=model.apply, tx=tx,
                                                  num_classes=num_classes, label_smoothing=0.0))
 
     def steps(n):

@@ -3,8 +3,8 @@
     python experiments/trace_run.py --config=configs/fashion_mnist_quickstart.py \
         --config.sparsity=0.98 --config.schedule.method=acdc --steps=1980 --every=50
 
-Builds the run exactly as `main.py` would (`train.create_run_start`: same model, masks,
-optimizer, initial state and data order for the config's seed), then runs `train.train_step`
+Builds the run exactly as `main.py` would (`run_start.create_run_start`: same model, masks,
+optimizer, initial state and data order for the config's seed), then runs `train_steps.train_step`
 on one device without a workdir, and prints every ``--every`` steps (and at the first
 non-finite loss, where it stops): the step's loss, the largest |theta| of each layer and, with
 Sign-In, each reparameterized layer's smallest |m|. Under Sign-In a weight moves at
@@ -29,8 +29,9 @@ from signin_jax import config_validation  # pylint: disable=g-import-not-at-top
 from signin_jax import input_pipeline
 from signin_jax import masks as masks_lib
 from signin_jax import prepare_data
+from signin_jax import run_start
 from signin_jax import signin
-from signin_jax import train
+from signin_jax import train_steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (configs/*.py).",
                                           lock_config=True)
@@ -53,9 +54,9 @@ def layer_extremes(params, opt_state):
 def trace(config, *, steps: int, every: int) -> List[Dict[str, Any]]:
   """Rows ``{step, loss, max_theta, min_m}`` every ``every`` steps, and at the first non-finite
   loss (the last row then)."""
-  run = train.create_run_start(config)
+  run = run_start.create_run_start(config)
   step_fn = jax.jit(functools.partial(
-      train.train_step, apply_fn=run.model.apply, tx=run.tx,
+      train_steps.train_step, apply_fn=run.model.apply, tx=run.tx,
       num_classes=run.dataset.num_classes, label_smoothing=config.label_smoothing))
   batches = input_pipeline.train_iterator(
       config.dataset, global_batch_size=config.batch_size, seed=config.seed, **run.data_kwargs)

@@ -40,7 +40,7 @@ def main(spec_path):
   from absl import logging
   import jax
   import numpy as np
-  from signin_jax import input_pipeline, masks as masks_lib, train
+  from signin_jax import input_pipeline, masks as masks_lib, run_start, train
   from tests.test_checkpoint_resume import tiny_config
   from tests.test_input_pipeline import _ids, indexed_mock
 
@@ -124,7 +124,7 @@ def main(spec_path):
       with indexed_mock(num_train=run.get("num_train", NUM_TRAIN),
                         num_eval=run.get("num_eval", NUM_EVAL)):
         record["returned"] = train.train_and_evaluate(config, run["workdir"])
-    except train.MaskMismatchError as e:
+    except run_start.MaskMismatchError as e:
       record["error"] = str(e)
     finally:
       writes_hook_active.clear()

@@ -23,6 +23,7 @@ import pytest
 
 from configs import fashion_mnist_quickstart
 from signin_jax import checkpointing
+from signin_jax import input_pipeline
 from signin_jax import train
 from tests import tfds_mock
 
@@ -261,7 +262,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp
   config.lr_schedule = "step"
   # From step 7 on the learning rate is 1e30: the parameters blow up and the loss follows.
   with tfds_mock.mock_data(num_examples=MOCK_EXAMPLES):
-    steps_per_epoch = train.input_pipeline.steps_per_epoch(config.dataset, config.batch_size)
+    steps_per_epoch = input_pipeline.steps_per_epoch(config.dataset, config.batch_size)
   config.lr_step_epochs = (6 / steps_per_epoch,)
   config.lr_step_factor = 1e30 / config.learning_rate
   workdir = tmp_path / "nan"
@@ -289,7 +290,7 @@ def test_each_epoch_logs_sign_flips_betas_and_test_accuracy(reference):
     if "step" in r:
       by_step.setdefault(r["step"], {}).update(r)
   with tfds_mock.mock_data(num_examples=MOCK_EXAMPLES):
-    steps_per_epoch = train.input_pipeline.steps_per_epoch("fashion_mnist", 8)
+    steps_per_epoch = input_pipeline.steps_per_epoch("fashion_mnist", 8)
   epoch_ends = list(range(steps_per_epoch, NUM_STEPS + 1, steps_per_epoch)) + [NUM_STEPS]
   assert len(epoch_ends) > 3
   for step in epoch_ends:

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from signin_jax import config_validation
+from signin_jax import run_start
 from signin_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -191,7 +192,7 @@ def test_train_and_evaluate_validates_before_building_anything(tmp_path, monkeyp
   def must_not_run(*args, **kwargs):
     raise AssertionError("the model was built before the config was validated")
 
-  monkeypatch.setattr(train, "create_model", must_not_run)
+  monkeypatch.setattr(run_start, "create_model", must_not_run)
   config = load("default")
   config.sparsity = 1.5
   with pytest.raises(ValueError, match="config.sparsity=1.5"):
@@ -210,7 +211,7 @@ def test_an_empty_split_is_refused_before_anything_is_built(fashion_mnist_dir, t
   def must_not_run(*args, **kwargs):
     raise AssertionError("the model was built before the splits were checked")
 
-  monkeypatch.setattr(train, "create_model", must_not_run)
+  monkeypatch.setattr(run_start, "create_model", must_not_run)
   config = load("fashion_mnist_quickstart")
   config.data_dir = fashion_mnist_dir
   config[field] = "test[:0]"

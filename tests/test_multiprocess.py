@@ -32,7 +32,7 @@ import jax
 import numpy as np
 import pytest
 
-from signin_jax import train
+from signin_jax import run_start
 from tests import multiprocess_worker
 from tests.test_checkpoint_resume import final_weights
 
@@ -42,7 +42,7 @@ MODES = ("pmap", "jit")
 NUM_STEPS, RESUME_STEP, STEPS_PER_EPOCH = 12, 5, 8
 LAUNCH_TIMEOUT = 300  # Seconds per launch; the whole module takes ~2 minutes here.
 # A run that never syncs with the host on its own: no log line, checkpoint or epoch end before
-# its last step, then 100 evaluation batches (before train.MAX_STEPS_IN_FLIGHT, this hung).
+# its last step, then 100 evaluation batches (before parallel.MAX_STEPS_IN_FLIGHT, this hung).
 LONG_QUEUE = dict(num_train_steps=200, log_every_steps=10**4, checkpoint_every_steps=10**4,
                   num_train=1600, num_eval=800)
 
@@ -295,19 +295,19 @@ def test_mask_digest_sees_every_bit_and_the_check_names_the_differing_processes(
   masks = {"a": np.arange(12).reshape(3, 4) % 3 == 0, "b": np.ones(5, bool)}
   flipped = {"a": masks["a"].copy(), "b": masks["b"]}
   flipped["a"][2, 3] = ~flipped["a"][2, 3]
-  same, other = train.mask_digest(masks), train.mask_digest(flipped)
-  assert np.array_equal(same, train.mask_digest(jax.tree.map(np.copy, masks)))
+  same, other = run_start.mask_digest(masks), run_start.mask_digest(flipped)
+  assert np.array_equal(same, run_start.mask_digest(jax.tree.map(np.copy, masks)))
   assert not np.array_equal(same, other)
-  assert not np.array_equal(same, train.mask_digest({"a": masks["a"].reshape(4, 3),
+  assert not np.array_equal(same, run_start.mask_digest({"a": masks["a"].reshape(4, 3),
                                                      "b": masks["b"]}))  # Shapes count.
-  train.check_same_masks(np.stack([same, same]), seed=0)
-  with pytest.raises(train.MaskMismatchError, match=r"process\(es\) \[1, 3\] computed other"):
-    train.check_same_masks(np.stack([same, other, same, other]), seed=0)
+  run_start.check_same_masks(np.stack([same, same]), seed=0)
+  with pytest.raises(run_start.MaskMismatchError, match=r"process\(es\) \[1, 3\] computed other"):
+    run_start.check_same_masks(np.stack([same, other, same, other]), seed=0)
 
 
 def test_resume_with_another_epoch_length_is_refused():
   meta = {"process_count": 2, "device_count": 4, "steps_per_epoch": 8}
-  train.check_resumable(meta, step=5, steps_per_epoch=8, batch_size=8)  # Same layout: fine.
+  run_start.check_resumable(meta, step=5, steps_per_epoch=8, batch_size=8)  # Same layout: fine.
   with pytest.raises(ValueError, match=r"Cannot resume from the checkpoint at step 5 .* written "
                                        r"by 2 process\(es\) with 8 steps per epoch"):
-    train.check_resumable(meta, step=5, steps_per_epoch=7, batch_size=8)
+    run_start.check_resumable(meta, step=5, steps_per_epoch=7, batch_size=8)

@@ -19,7 +19,9 @@ import pytest
 from signin_jax import masks as masks_lib
 from signin_jax import metrics
 from signin_jax import models
+from signin_jax import run_start
 from signin_jax import signin
+from signin_jax import train_steps
 from signin_jax import train
 from tests import tfds_mock
 
@@ -35,7 +37,7 @@ def load(name):
 def test_cosine_schedule_with_linear_warmup():
   config = load("default")
   config.learning_rate, config.warmup_epochs, config.lr_schedule = 0.4, 1.0, "cosine"
-  lr = train.learning_rate_schedule(config, steps_per_epoch=10, num_steps=50)
+  lr = train_steps.learning_rate_schedule(config, steps_per_epoch=10, num_steps=50)
   np.testing.assert_allclose(
       [lr(0), lr(5), lr(10), lr(30), lr(50)],
       [0.0, 0.2, 0.4, 0.4 * (1 + math.cos(math.pi * 20 / 40)) / 2, 0.0], atol=1e-7)
@@ -45,7 +47,7 @@ def test_step_schedule_counts_epochs_from_the_start_of_training():
   config = load("default")
   config.learning_rate, config.warmup_epochs, config.lr_schedule = 0.1, 1.0, "step"
   config.lr_step_epochs, config.lr_step_factor = (2, 4), 0.1
-  lr = train.learning_rate_schedule(config, steps_per_epoch=10, num_steps=60)
+  lr = train_steps.learning_rate_schedule(config, steps_per_epoch=10, num_steps=60)
   np.testing.assert_allclose([lr(5), lr(10), lr(19), lr(20), lr(39), lr(40), lr(59)],
                              [0.05, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
 
@@ -74,10 +76,10 @@ def test_dense_optimizer_is_weight_decay_then_nesterov_sgd():
   config = load("default")
   config.sparsity, config.signin.enabled = 0.0, False
   config.learning_rate, config.weight_decay, config.warmup_epochs = 0.05, 0.01, 0.0
-  tx = train.create_optimizer(config, steps_per_epoch=10, num_steps=100)
+  tx = train_steps.create_optimizer(config, steps_per_epoch=10, num_steps=100)
   params = _tiny_params()
   got, state = _run_updates(tx, params, _grads_seq(params))
-  schedule = train.learning_rate_schedule(config, steps_per_epoch=10, num_steps=100)
+  schedule = train_steps.learning_rate_schedule(config, steps_per_epoch=10, num_steps=100)
   reference = optax.chain(
       optax.add_decayed_weights(0.01, mask=jax.tree.map(lambda p: p.ndim > 1, params)),
       optax.sgd(schedule, momentum=0.9, nesterov=True))
@@ -85,7 +87,7 @@ def test_dense_optimizer_is_weight_decay_then_nesterov_sgd():
   chex_close = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7)
   jax.tree.map(chex_close, got, want)
   assert signin.find_signin_state(state) is None
-  np.testing.assert_allclose(train.current_learning_rate(state), schedule(2), rtol=1e-6)
+  np.testing.assert_allclose(train_steps.current_learning_rate(state), schedule(2), rtol=1e-6)
 
 
 def test_pai_and_signin_wrap_the_same_inner_optimizer():
@@ -98,11 +100,11 @@ def test_pai_and_signin_wrap_the_same_inner_optimizer():
 
   config.signin.enabled = False
   pai, pai_state = _run_updates(
-      train.create_optimizer(config, steps_per_epoch=10, num_steps=100, masks=masks), params,
+      train_steps.create_optimizer(config, steps_per_epoch=10, num_steps=100, masks=masks), params,
       _grads_seq(params))
   config.signin.enabled = True
   sgn, sgn_state = _run_updates(
-      train.create_optimizer(config, steps_per_epoch=10, num_steps=100, masks=masks), params,
+      train_steps.create_optimizer(config, steps_per_epoch=10, num_steps=100, masks=masks), params,
       _grads_seq(params))
   for run in (pai, sgn):  # Masked entries stay exactly zero, kept entries move.
     for name in ("dense", "out"):
@@ -120,7 +122,7 @@ def test_signin_reset_period_is_in_epochs():
   config = load("default")
   config.sparsity, config.signin.reset_every_epochs = 0.0, 2
   params = _tiny_params()
-  tx = train.create_optimizer(config, steps_per_epoch=3, num_steps=100)
+  tx = train_steps.create_optimizer(config, steps_per_epoch=3, num_steps=100)
   state = tx.init(params)
   grads = _grads_seq(params, 1)[0]
   betas = []
@@ -139,7 +141,7 @@ def test_signin_reset_period_is_in_epochs():
 def test_cross_entropy_with_label_smoothing_matches_the_formula():
   logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]])
   labels = jnp.array([0, 1])
-  got = train.cross_entropy(logits, labels, num_classes=3, label_smoothing=0.3)
+  got = train_steps.cross_entropy(logits, labels, num_classes=3, label_smoothing=0.3)
   logp = jax.nn.log_softmax(logits)
   targets = np.full((2, 3), 0.1) + 0.7 * np.eye(3)[[0, 1]]
   np.testing.assert_allclose(got, -(targets * logp).sum(-1), rtol=1e-6)
@@ -157,7 +159,7 @@ def _batch(n, seed=0, shape=(28, 28, 1)):
 
 def _state(model, tx, shape=(28, 28, 1)):
   variables = model.init({"params": jax.random.PRNGKey(1)}, jnp.zeros((1,) + shape), train=False)
-  return train.TrainState(step=jnp.zeros([], jnp.int32), params=variables["params"],
+  return train_steps.TrainState(step=jnp.zeros([], jnp.int32), params=variables["params"],
                           batch_stats=variables.get("batch_stats", {}),
                           opt_state=tx.init(variables["params"]), rng=jax.random.PRNGKey(2))
 
@@ -165,7 +167,7 @@ def _state(model, tx, shape=(28, 28, 1)):
 def test_train_step_is_one_sgd_step_on_the_mean_loss():
   model, tx = _lenet(), optax.inject_hyperparams(optax.sgd)(learning_rate=0.3)
   state, batch = _state(model, tx), _batch(16)
-  new_state, step_metrics = train.train_step(state, batch, apply_fn=model.apply, tx=tx,
+  new_state, step_metrics = train_steps.train_step(state, batch, apply_fn=model.apply, tx=tx,
                                              num_classes=10, label_smoothing=0.0)
 
   def loss(params):
@@ -186,13 +188,13 @@ def test_eval_step_counts_only_real_examples():
   state, batch = _state(model, tx), _batch(12, seed=3)
   padded = {k: np.concatenate([v, v[:4] * 0]) for k, v in batch.items()}
   padded["mask"] = np.array([1] * 12 + [0] * 4)
-  sums = train.eval_step(state, padded, apply_fn=model.apply, num_classes=10)
+  sums = train_steps.eval_step(state, padded, apply_fn=model.apply, num_classes=10)
   logits = model.apply({"params": state.params}, batch["image"], train=False)
   assert float(sums["count"]) == 12
   np.testing.assert_allclose(
       sums["correct"], np.sum(np.argmax(logits, -1) == batch["label"]), rtol=1e-6)
   np.testing.assert_allclose(
-      sums["loss"], np.sum(train.cross_entropy(logits, batch["label"], num_classes=10)),
+      sums["loss"], np.sum(train_steps.cross_entropy(logits, batch["label"], num_classes=10)),
       rtol=1e-5)
 
 
@@ -223,14 +225,14 @@ def test_trainer_builds_exact_masks_with_every_scoring_method(method):
   config = load("default")
   config.update(model="small_cnn", width=4, sparsity=0.9)
   config.mask.method = method
-  model = train.create_model(config, num_classes=10)
+  model = run_start.create_model(config, num_classes=10)
   input_shape = (2, 28, 28, 1)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape), train=False)
   params = variables["params"]
   rng = np.random.RandomState(0)
   batch = {"image": jnp.asarray(rng.randn(*input_shape), jnp.float32),
            "label": jnp.asarray([3, 7])}
-  got = train.create_masks(config, jax.random.PRNGKey(1), params, apply_fn=model.apply,
+  got = run_start.create_masks(config, jax.random.PRNGKey(1), params, apply_fn=model.apply,
                            batch_stats=variables.get("batch_stats"), input_shape=input_shape,
                            sample_batch=lambda: batch)
   want = masks_lib.layer_densities(params, 0.9, config.mask.distribution)
@@ -250,7 +252,7 @@ def test_beta_at_weight_scale_is_the_mean_square_of_each_layers_kept_initial_wei
   masks = jax.tree.map(lambda p: (jnp.arange(p.size).reshape(p.shape) % 3 == 0)
                        if p.ndim > 1 else jnp.ones(p.shape, bool), params)
   params = masks_lib.apply_mask(params, masks)
-  tx = train.create_optimizer(config, steps_per_epoch=10, num_steps=100, masks=masks)
+  tx = train_steps.create_optimizer(config, steps_per_epoch=10, num_steps=100, masks=masks)
   betas = signin.find_signin_state(tx.init(params)).beta
   for name in ("dense", "out"):
     kernel = np.asarray(params[name]["kernel"], np.float64)
@@ -264,7 +266,7 @@ def test_beta_at_weight_scale_is_the_mean_square_of_each_layers_kept_initial_wei
 _EQUIVALENCE_SCRIPT = textwrap.dedent("""
     import functools, json, sys
     import jax, jax.numpy as jnp, numpy as np, optax
-    from signin_jax import models, train, signin
+    from signin_jax import models, parallel, signin, train_steps
     assert jax.device_count() == 8
     tx = signin.sign_in(optax.inject_hyperparams(optax.sgd)(learning_rate=0.05, momentum=0.9),
                         reset_every=2)
@@ -274,23 +276,23 @@ _EQUIVALENCE_SCRIPT = textwrap.dedent("""
 
     def run(mode):
       model = models.get_model("small_cnn", num_classes=10, width=4,
-                               bn_axis_name=train.PMAP_AXIS if mode == "pmap" else None)
+                               bn_axis_name=parallel.PMAP_AXIS if mode == "pmap" else None)
       variables = model.init({"params": jax.random.PRNGKey(0)}, jnp.zeros((1, 8, 8, 3)),
                              train=False)
-      state = train.TrainState(step=jnp.zeros([], jnp.int32), params=variables["params"],
+      state = train_steps.TrainState(step=jnp.zeros([], jnp.int32), params=variables["params"],
                                batch_stats=variables["batch_stats"],
                                opt_state=tx.init(variables["params"]),
                                rng=jax.random.PRNGKey(1))
-      step = functools.partial(train.train_step, apply_fn=model.apply, tx=tx, num_classes=10,
+      step = functools.partial(train_steps.train_step, apply_fn=model.apply, tx=tx, num_classes=10,
                                label_smoothing=0.1)
       if mode == "single":
         step = jax.jit(step)
         for b in batches:
           state, m = step(state, b)
         return jax.device_get((state.params, state.batch_stats, m["loss"]))
-      eval_fn = functools.partial(train.eval_step, apply_fn=model.apply, num_classes=10)
-      par = train.make_parallelism(mode, train_fn=step, eval_fn=eval_fn)
-      state = par.put_state(train.replicate_from_host(jax.device_get(state), par.replicated))
+      eval_fn = functools.partial(train_steps.eval_step, apply_fn=model.apply, num_classes=10)
+      par = parallel.make_parallelism(mode, train_fn=step, eval_fn=eval_fn)
+      state = par.put_state(parallel.replicate_from_host(jax.device_get(state), par.replicated))
       for b in batches:
         state, m = par.train_step(state, par.put_batch(b))
       canonical = par.canonical(state)  # The checkpoint layout round-trips too.

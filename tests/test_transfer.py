@@ -7,6 +7,7 @@ import pytest
 
 from configs import fashion_mnist_quickstart
 from signin_jax import metrics
+from signin_jax import run_start
 from signin_jax import train
 from tests import tfds_mock
 
@@ -45,11 +46,11 @@ def initial_layers(source, **init_from):
   for k, v in init_from.items():
     config.init_from[k] = v
   with tfds_mock.mock_data(num_examples=MOCK_EXAMPLES):
-    run = train.create_run_start(config)
+    run = run_start.create_run_start(config)
   fresh = tiny_config()
   fresh.seed, fresh.sparsity = 7, 0.0  # This run's own (dense) initialization.
   with tfds_mock.mock_data(num_examples=MOCK_EXAMPLES):
-    own = train.create_run_start(fresh)
+    own = run_start.create_run_start(fresh)
   layers = lambda tree: {k: np.asarray(v) for k, v in metrics.by_layer(tree).items()}
   return layers(run.state.params), layers(own.state.params)
 
@@ -142,9 +143,9 @@ def test_another_model_or_sparsity_is_refused(source):
   config.width = 4
   with tfds_mock.mock_data(num_examples=MOCK_EXAMPLES):
     with pytest.raises(ValueError, match="is of another model"):
-      train.create_run_start(config)
+      run_start.create_run_start(config)
   config.width, config.sparsity = 8, 0.8
   with tfds_mock.mock_data(num_examples=MOCK_EXAMPLES):
     with pytest.raises(ValueError, match=r"config.sparsity=0.8 is invalid with "
                                          "config.init_from.workdir"):
-      train.create_run_start(config)
+      run_start.create_run_start(config)
