@@ -29,6 +29,7 @@ and the figure's heading says why.
 """
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -46,7 +47,10 @@ from signin_jax.metrics import TOTAL
 
 REPORT_FILE = "report.png"
 MAX_LINE_LAYERS = 8  # Up to this many layers: one line each; more: heatmaps.
-MAX_LABEL_FIELDS = 4  # Config fields named in an overlay legend.
+MAX_LABEL_FIELDS = 4  # Config fields named in an overlay legend, these first:
+LABEL_FIRST = ("model", "dataset", "sparsity", "schedule.method", "signin.enabled",
+               "mask.method", "mask.distribution", "init_from.workdir", "seed")
+MARKERS = "osD^v<>p"  # One per layer line, so that lines drawn on top of each other still show.
 
 
 class ReportError(ValueError):
@@ -83,9 +87,9 @@ QUANTITIES = (
 def read_metrics(path: str) -> Dict[int, Dict[str, float]]:
   """``{step: {key: value}}`` from a metrics.jsonl; for a step written again, the later wins.
 
-  A line that is not JSON (a run killed mid-write leaves a partial line, and its resumed run
-  appends the next record to it) is skipped with a warning; the complete record at its end, if
-  any, is kept. A file without any step record raises :class:`ReportError`.
+  A line that is not JSON is skipped with a warning; a run killed mid-write leaves a partial
+  line, to which its resumed run appends its next record: that complete record at the end of the
+  line is kept. A file without any step record raises :class:`ReportError`.
   """
   path = epath.Path(path)
   if not path.exists():
@@ -96,15 +100,12 @@ def read_metrics(path: str) -> Dict[int, Dict[str, float]]:
   except UnicodeDecodeError as e:
     raise ReportError(f"{path} is not a text file of JSON lines ({e}).") from e
   records: Dict[int, Dict[str, float]] = {}
-  skipped = []
+  skipped = []  # Lines read in part or not at all.
   for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    record = _parse_line(line)
-    if record is None:
+    record, start = _parse_line(line) if line.strip() else ({}, 0)
+    if start:
       skipped.append(number)
-      continue
-    if "step" in record:  # The other kind: {"hparams": {...}}, at the start.
+    if record and "step" in record:  # The other kind: {"hparams": {...}}, at the start.
       step = int(record.pop("step"))
       record.pop("time", None)
       records.setdefault(step, {}).update(record)
@@ -112,20 +113,21 @@ def read_metrics(path: str) -> Dict[int, Dict[str, float]]:
     raise ReportError(f"{path} holds no step record ({len(lines)} lines, {len(skipped)} of them "
                       "not JSON): nothing was logged yet, or it is not a metrics.jsonl.")
   if skipped:
-    logging.warning("%s: skipped %d line(s) that are not JSON records (lines %s).", path,
+    logging.warning("%s: skipped what is not a JSON record in %d line(s) (lines %s).", path,
                     len(skipped), ", ".join(map(str, skipped[:10])))
   return dict(sorted(records.items()))
 
 
-def _parse_line(line: str) -> Optional[Dict[str, Any]]:
+def _parse_line(line: str) -> Tuple[Optional[Dict[str, Any]], int]:
+  """(the record, where it starts): 0 if the whole line is one; (None, -1) if none is."""
   for start in [0] + [m.start() for m in re.finditer(r"\{", line)][1:]:
     try:
       record = json.loads(line[start:])
     except json.JSONDecodeError:
       continue
     if isinstance(record, dict) and (start == 0 or "step" in record):
-      return record
-  return None
+      return record, start
+  return None, -1
 
 
 def _read_json(path: epath.Path) -> Optional[Dict[str, Any]]:
@@ -226,6 +228,7 @@ def run_labels(runs: Sequence[Run]) -> List[str]:
   keys = sorted({k for run in runs for k in run.config})
   missing = object()
   differ = [k for k in keys if len({repr(run.config.get(k, missing)) for run in runs}) > 1]
+  differ.sort(key=lambda k: LABEL_FIRST.index(k) if k in LABEL_FIRST else len(LABEL_FIRST))
   names = [os.path.basename(os.path.normpath(run.workdir)) for run in runs]
   if not differ:
     return names if len(set(names)) == len(names) else [run.workdir for run in runs]
@@ -275,16 +278,22 @@ def _time_axes(ax, last_step: int, title: str, ylabel: str = "") -> None:
   ax.grid(alpha=0.3)
 
 
+def _run_width(k: int, count: int) -> float:
+  """Run k's line width: the first run's widest, so that runs with the same data all show."""
+  return 1.2 + 1.2 * (count - 1 - k)
+
+
 def _training_panels(runs: Sequence[Run], colors: Sequence[str], last_step: int) -> List[Panel]:
   several = len(runs) > 1
 
   def draw(ax, train_key, test_key, title):
-    for run, color in zip(runs, colors):
+    for k, (run, color) in enumerate(zip(runs, colors)):
       for key, style, name in ((train_key, "-", "train"), (test_key, "--o", "test")):
         steps, values = series(run, key) if key else ([], [])
         if len(steps):
           own = color if several else ("C0" if name == "train" else "C1")
-          ax.plot(steps, values, style, color=own, lw=1.2, ms=3, label=name)
+          ax.plot(steps, values, style, color=own, lw=_run_width(k, len(runs)), ms=3,
+                  label=name)
     _time_axes(ax, last_step, title)
     if test_key and ax.lines:
       if several:  # The colours are the runs (the figure's legend): say which style is which.
@@ -316,17 +325,18 @@ def _lines_panel(ax, runs, colors, q: Quantity, names: List[str], last_step: int
                  legend: bool) -> None:
   """Few layers: a line per layer and the total (one run); the total per run (several)."""
   if len(runs) > 1:
-    for run, color in zip(runs, colors):
+    for k, (run, color) in enumerate(zip(runs, colors)):
       steps, values = _values(run, q, TOTAL)
-      ax.plot(steps, values, "-o", color=color, lw=1.2, ms=2.5 if len(steps) < 40 else 0)
+      ax.plot(steps, values, "-o", color=color, lw=_run_width(k, len(runs)),
+              ms=3 if len(steps) < 40 else 0)
     title = f"{q.title}, all layers"
   else:
     (run,) = runs
     for i, name in enumerate(names):
       steps, values = _values(run, q, name)
       if len(steps):
-        ax.plot(steps, values, "-o", color=f"C{i}", lw=1.2, ms=2.5 if len(steps) < 40 else 0,
-                label=_short(name))
+        ax.plot(steps, values, "-", marker=MARKERS[i % len(MARKERS)], color=f"C{i}", lw=1.2,
+                ms=4 if len(steps) < 40 else 0, label=_short(name))
     steps, values = _values(run, q, TOTAL)
     ax.plot(steps, values, "--", color="k", lw=1.5, label="all layers")
     title = q.title
@@ -398,6 +408,13 @@ def _bars_panel(ax, runs, colors, what: str, title: str, names: List[str],
   ax.tick_params(labelsize=7)
 
 
+def _legend_panel(ax, entries: List[str]) -> None:
+  """The overlay's legend, in a row of its own: a colour per run."""
+  ax.axis("off")
+  ax.legend([Line2D([], [], color=f"C{k % 10}", lw=3) for k in range(len(entries))], entries,
+            loc="center", fontsize=9, frameon=False)
+
+
 class Row(NamedTuple):
   height: float  # Inches.
   columns: int
@@ -445,24 +462,23 @@ def draw(runs: Sequence[Run], out: str) -> str:
   several = len(runs) > 1
   rows = layout(runs)
   labels = run_labels(runs)
-  notes = [(label, missing_notes(run)) for label, run in zip(labels, runs)]
   if several:
-    heading = (f"{len(runs)} runs; over time each line is a run's total over all layers. "
-               + " ".join(f"[{label}: {'; '.join(n)}]" for label, n in notes if n))
+    heading = f"{len(runs)} runs; over time, each line is a run's total over all layers"
+    notes = [", ".join(missing_notes(run)) for run in runs]
+    entries = [f"{label}   ({note})" if note else label for label, note in zip(labels, notes)]
+    rows.insert(0, Row(0.25 * len(runs) + 0.2, 1, [("legend", functools.partial(
+        _legend_panel, entries=entries))]))
   else:
+    notes = missing_notes(runs[0])
     heading = (f"{os.path.basename(os.path.normpath(runs[0].workdir))}: {describe(runs[0])}"
-               + (f"\n({'; '.join(notes[0][1])})" if notes[0][1] else ""))
-  fig = Figure(figsize=(15, sum(r.height for r in rows) + 0.8 + 0.3 * several * len(runs)),
-               layout="constrained")
-  fig.suptitle(heading, fontsize=11, wrap=True)
+               + (f"\n({'; '.join(notes)})" if notes else ""))
+  fig = Figure(figsize=(15, sum(r.height for r in rows) + 0.8), layout="constrained")
+  fig.suptitle(heading, fontsize=11)
   grid = fig.add_gridspec(len(rows), 1, height_ratios=[r.height for r in rows])
   for i, row in enumerate(rows):
     cells = grid[i].subgridspec(1, row.columns)
     for j, (_, panel) in enumerate(row.panels):
       panel(fig.add_subplot(cells[0, j]))
-  if several:
-    fig.legend([Line2D([], [], color=f"C{i % 10}", lw=2) for i in range(len(runs))], labels,
-               loc="outside upper center", ncols=1, fontsize=9)
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=100)
   out_path = epath.Path(out)
