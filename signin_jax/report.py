@@ -376,8 +376,7 @@ def _heatmap_panel(ax, run: Run, q: Quantity, names: List[str], last_step: int,
     colorbar.set_label(_unit([run], q), fontsize=7)
 
 
-def _bars_panel(ax, runs, colors, what: str, title: str, names: List[str],
-                labels: bool = True) -> None:
+def _bars_panel(ax, runs, colors, what: str, names: List[str], labels: bool = True) -> None:
   """Final value per layer, a bar per run; horizontal (layers down) beside the heatmaps."""
   finals, sources = zip(*[final_per_layer(run, what) for run in runs])
   rows = names + [TOTAL]
@@ -402,8 +401,8 @@ def _bars_panel(ax, runs, colors, what: str, title: str, names: List[str],
     ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.margins(y=0.12)
     ax.grid(axis="y", alpha=0.3)
-  if what == "density":
-    title += f" ({' / '.join(sorted(set(sources)))})"
+  title = ("final sign flips vs initialization" if what == "sign_flips_vs_init" else
+           f"final density ({' / '.join(sorted(set(sources)))})")
   ax.set_title(title, fontsize=10)
   ax.tick_params(labelsize=7)
 
@@ -428,28 +427,26 @@ def layout(runs: Sequence[Run]) -> List[Row]:
   last_step = max(max(run.records) for run in runs)
   names = sorted({n for q in QUANTITIES for n in layers(runs, q.prefix)}, key=_layer_order)
   many = len(names) > MAX_LINE_LAYERS
+  heatmaps = many and not several
   training = _training_panels(runs, colors, last_step)
   rows = [Row(3.0, 3, list(zip(("loss", "accuracy", "learning rate"), training)))]
   panels = []
   for q in (q for q in QUANTITIES if layers(runs, q.prefix)):
-    if many and not several:
-      panels.append((q.prefix, lambda ax, q=q, first=len(panels) % 3 == 0: _heatmap_panel(
-          ax, runs[0], q, names, last_step, labels=first)))
-    else:
-      panels.append((q.prefix, lambda ax, q=q, first=not panels: _lines_panel(
-          ax, runs, colors, q, names, last_step, legend=first)))
-  if many and not several:
-    height = 0.14 * (len(names) + 1) + 1.0
-    rows += [Row(height, 3, panels[i:i + 3]) for i in range(0, len(panels), 3)]
-  else:
-    rows += [Row(3.0, 3, panels[i:i + 3]) for i in range(0, len(panels), 3)]
-  bars = [("final sign_flips_vs_init", "sign_flips_vs_init", "final sign flips vs initialization")]
+    kwargs = dict(q=q, names=names, last_step=last_step)
+    if heatmaps:  # Layer names on the first panel of each row only.
+      panel = functools.partial(_heatmap_panel, run=runs[0], labels=len(panels) % 3 == 0, **kwargs)
+    else:  # The layers' legend on the first panel only.
+      panel = functools.partial(_lines_panel, runs=runs, colors=colors, legend=not panels, **kwargs)
+    panels.append((q.prefix, panel))
+  height = 0.14 * (len(names) + 1) + 1.0 if heatmaps else 3.0
+  rows += [Row(height, 3, panels[i:i + 3]) for i in range(0, len(panels), 3)]
+  finals = ["sign_flips_vs_init"]
   if any(is_sparse(run) and final_per_layer(run, "density")[0] for run in runs):
-    bars.insert(0, ("final density", "density", "final density"))
-  bars = [(name, lambda ax, what=what, title=title, first=not j: _bars_panel(
-      ax, runs, colors, what, title, names, labels=first)) for j, (name, what, title) in
-          enumerate(bars)]
-  if many:
+    finals.insert(0, "density")
+  bars = [(f"final {what}", functools.partial(_bars_panel, runs=runs, colors=colors, what=what,
+                                              names=names, labels=j == 0))
+          for j, what in enumerate(finals)]
+  if many:  # Horizontal bars, layers down as in the heatmaps.
     height = (0.14 if not several else 0.06 + 0.08 * len(runs)) * (len(names) + 1) + 1.0
     rows.append(Row(height, 2 if several else 3, bars))
   else:

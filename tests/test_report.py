@@ -178,6 +178,30 @@ def test_report_of_a_rigl_signin_run_draws_every_panel(rigl_signin_run):
 
 
 @pytest.mark.slow
+def test_report_drawn_before_summary_json_is_written(rigl_signin_run, tmp_path):
+  # Where the trainer draws it: metrics.jsonl and config.json written, summary.json not yet.
+  workdir = str(tmp_path / "finishing")
+  os.makedirs(workdir)
+  for name in ("metrics.jsonl", "config.json"):
+    shutil.copy(os.path.join(rigl_signin_run, name), workdir)
+  with open(os.path.join(rigl_signin_run, "summary.json")) as f:
+    summary = json.load(f)
+  run = report.load_run(workdir, summary)
+  density, source = report.final_per_layer(run, "density")
+  assert source == "nonzero fraction of the final weights"
+  assert density == {k: 1.0 - v["sparsity"] for k, v in summary["sparsity"].items()}
+  _assert_png(report.write_run_report(workdir, summary))
+  # Without a summary: the mask's density at the last epoch, and drop/grow counts in weights.
+  run = report.load_run(workdir)
+  density, source = report.final_per_layer(run, "density")
+  assert source == "mask density at the last epoch"
+  assert density == {k[len("mask_density/"):]: v for k, v in run.records[24].items()
+                     if k.startswith("mask_density/")}
+  assert report._unit([run], report.QUANTITIES[-1]) == "weights"
+  assert sorted(os.listdir(workdir)) == ["config.json", "metrics.jsonl", "report.png"]
+
+
+@pytest.mark.slow
 def test_report_of_a_static_mask_signin_run_and_of_a_dense_run(rigl_signin_run, tmp_path):
   static = _derived_run(rigl_signin_run, str(tmp_path / "static"), drop_prefixes=("mask_",),
                         config_changes={"schedule.method": "static"})
