@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 from absl import logging
 from etils import epath
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure  # No pyplot: no global backend, safe inside a run.
 from matplotlib.lines import Line2D
 import numpy as np
@@ -469,7 +470,7 @@ def draw(runs: Sequence[Run], out: str) -> str:
     notes = missing_notes(runs[0])
     heading = (f"{os.path.basename(os.path.normpath(runs[0].workdir))}: {describe(runs[0])}"
                + (f"\n({'; '.join(notes)})" if notes else ""))
-  fig = Figure(figsize=(15, sum(r.height for r in rows) + 0.8), layout="constrained")
+  fig = Figure(figsize=(15, sum(r.height for r in rows) + 0.8), dpi=100, layout="constrained")
   fig.suptitle(heading, fontsize=11)
   grid = fig.add_gridspec(len(rows), 1, height_ratios=[r.height for r in rows])
   for i, row in enumerate(rows):
@@ -477,7 +478,7 @@ def draw(runs: Sequence[Run], out: str) -> str:
     for j, (_, panel) in enumerate(row.panels):
       panel(fig.add_subplot(cells[0, j]))
   buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=100)
+  FigureCanvasAgg(fig).print_png(buffer)
   out_path = epath.Path(out)
   out_path.parent.mkdir(parents=True, exist_ok=True)
   tmp = epath.Path(str(out) + ".tmp")  # Complete or absent, like the trainer's other files.
