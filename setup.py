@@ -23,6 +23,7 @@ setuptools.setup(
             "clu>=0.0.12",
             "absl-py",
             "matplotlib",
+            "tensorboard>=2.16",  # To view the event files (writing needs only TensorFlow).
         ],
         "test": ["pytest", "chex>=0.1.87"],
     },
