@@ -28,7 +28,7 @@ how many masked entries are nonzero, unless ``zero_masked=True``, which stores t
 parameters (as ``masks.apply_mask``) instead. Nothing is ever dropped silently.
 
 Encodings (per tensor; ``n`` entries, ``k`` kept, ``b`` bytes per value; the smallest wins, ties
-in this order). Unmasked tensors (and BatchNorm statistics) are always dense.
+in the order dense, nm (it records the structure), bitmask, csr). Unmasked tensors (and BatchNorm statistics) are always dense.
 
 * ``dense``: all ``n`` values, ``n * b`` bytes; for a masked tensor only when ``k == n``.
 * ``bitmask``: ``np.packbits`` of the flat mask (C order, big-endian bits, zero padding), then
@@ -106,7 +106,7 @@ FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct("<8sIIII")  # magic, version, header length, header CRC32, reserved
 ALIGN = 8
 NM_MAX_M = 16
-ENCODINGS = ("dense", "bitmask", "csr", "nm")  # also the tie-break order
+ENCODINGS = ("dense", "nm", "bitmask", "csr")  # also the tie-break order
 _DTYPE_LIST = [np.dtype(ml_dtypes.bfloat16)] + [np.dtype(t) for t in (
     "float16", "float32", "float64", "bool", "int8", "int16", "int32", "int64", "uint8",
     "uint16", "uint32", "uint64")]
@@ -427,9 +427,11 @@ def _read_header(data: bytes) -> dict:
   if len(data) < _PREAMBLE.size:
     raise ExportError(f"Not a complete export: {len(data)} bytes, shorter than the "
                       f"{_PREAMBLE.size}-byte preamble (truncated?).")
-  magic, version, length, crc, _ = _PREAMBLE.unpack_from(data)
+  magic, version, length, crc, reserved = _PREAMBLE.unpack_from(data)
   if magic != MAGIC:
     raise ExportError(f"Not a signin_jax sparse export: magic {magic!r}, expected {MAGIC!r}.")
+  if reserved:
+    raise ExportError(f"The export's reserved preamble field is {reserved}, not 0: corrupted.")
   if version > FORMAT_VERSION:
     raise ExportError(f"The export has format version {version}, newer than this reader's "
                       f"{FORMAT_VERSION}: update signin_jax to read it.")
@@ -538,6 +540,17 @@ def decode(data: bytes) -> Exported:
                 if any(o + n > len(data) for _, o, n, _ in t["blobs"])), "(none)")
     raise ExportError(f"The export is truncated: {len(data)} of {header['file_bytes']} bytes; "
                       f"the first tensor cut is {cut!r}.")
+  # Blobs in order, without overlap, separated by zero padding only: then every byte of the
+  # file is checked (by a CRC or as padding), so any flipped bit is refused.
+  end = _PREAMBLE.size + struct.unpack_from("<I", data, 12)[0]
+  for t in tensors:
+    for _, offset, length, _ in t.get("blobs", ()):
+      if not 0 <= offset - end < ALIGN or any(data[end:offset]):
+        raise ExportError(f"{t.get('name', '?')}: its blob at byte {offset} overlaps or is "
+                          f"preceded by bytes that are not zero padding: corrupted.")
+      end = offset + length
+  if end != len(data):
+    raise ExportError(f"The export ends at byte {end} but has {len(data)} bytes.")
   flat = {"params": {}, "masks": {}, "batch_stats": {}}
   stats = []
   for entry in tensors:
@@ -592,10 +605,21 @@ def format_stats(stats: ExportStats) -> str:
   return "\n".join(lines)
 
 
-if __name__ == "__main__":
-  if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
-    sys.exit("usage: python -m signin_jax.sparse_export EXPORT_FILE  (verifies it and prints "
-             "its per-tensor byte report)")
-  exported = load(sys.argv[1])
+def main(argv) -> int:
+  """``python -m signin_jax.sparse_export FILE``: verifies an export, prints its byte report."""
+  if len(argv) != 1 or argv[0].startswith("-"):
+    print("usage: python -m signin_jax.sparse_export EXPORT_FILE  (verifies it and prints "
+          "its per-tensor byte report)", file=sys.stderr)
+    return 2
+  try:
+    exported = load(argv[0])
+  except (ExportError, OSError) as e:
+    print(f"error: {argv[0]}: {e}", file=sys.stderr)
+    return 1
   print(format_stats(exported.stats))
   print("metadata:", json.dumps(exported.metadata)[:500])
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
