@@ -1,89 +1,86 @@
 """Compact, lossless export of a sparse network: parameters, masks, BatchNorm statistics and
-metadata in ONE file, and back.
+metadata in ONE file, and back. numpy only (ml_dtypes for bfloat16); no jax, Flax or trainer.
 
     from signin_jax import sparse_export
     stats = sparse_export.save(path, params=params, masks=masks, batch_stats=batch_stats,
                                metadata={"model": "lenet300_100", "config": config.to_dict()})
-    print(sparse_export.format_stats(stats))      # per tensor: encoding, bytes, dense bytes
-    exported = sparse_export.load(path)           # Exported(params, masks, batch_stats,
-                                                  #          metadata, stats)
+    print(sparse_export.format_stats(stats))   # per tensor: encoding, bytes, dense bytes
+    exported = sparse_export.load(path)        # Exported(params, masks, batch_stats, metadata,
+                                               #          stats)
+    python -m signin_jax.sparse_export FILE    # verifies a file, prints the same report
 
 ``params`` and ``batch_stats`` are nested mappings (dicts, Flax ``FrozenDict``) of arrays (numpy
-or jax), as in a Flax Linen variables tree; keys are strings. ``masks`` is a tree like
-``params`` whose leaves are bool (or 0/1 integer) arrays of the parameter's shape; a leaf (or a
-whole subtree) that is ``None`` or absent means "not masked". :func:`encode` / :func:`decode`
-do the same to and from ``bytes`` (for writers of their own, e.g. to gs://).
+or jax) with string keys, as in a Flax Linen variables tree. ``masks`` is a tree like ``params``
+with bool (or 0/1 integer) arrays of the parameters' shapes; a ``None`` or absent leaf or
+subtree means "not masked". :func:`encode` / :func:`decode` work on ``bytes`` instead (for a
+writer of one's own, e.g. to gs://).
 
-What comes back: nested plain dicts of numpy arrays with the saved dtypes (little-endian);
-``masks`` like ``params`` with a bool array where a mask was given and ``None`` elsewhere
-(use ``is_leaf=lambda x: x is None`` with ``jax.tree.map``); ``batch_stats`` is ``None`` if none
-was saved; ``metadata`` as ``json.loads`` gives it (tuples come back as lists). Masks and
-parameters are bitwise equal to those saved, with one exception: a masked entry that is
-``-0.0`` comes back ``+0.0``.
+What comes back: nested plain dicts of numpy arrays in the saved dtypes (little-endian);
+``masks`` like ``params``, a bool array where a mask was given and ``None`` elsewhere (with
+``jax.tree.map`` use ``is_leaf=lambda x: x is None``); ``batch_stats`` ``None`` if none was
+saved; ``metadata`` as ``json.loads`` gives it (tuples come back as lists). Masks and parameters
+are bitwise equal to those saved, but for one case: a masked ``-0.0`` comes back ``+0.0``.
 
-The contract: the file encodes the MASK, not the nonzeros (a kept weight may be exactly 0.0,
-e.g. just grown by RigL, and stays kept). Parameters must be exactly 0 (``== 0``) wherever
-masked, the trainer's invariant; otherwise :func:`save` raises an error naming the tensor and
-how many masked entries are nonzero, unless ``zero_masked=True``, which stores the masked
-parameters (as ``masks.apply_mask``) instead. Nothing is ever dropped silently.
+The file encodes the MASK, not the nonzeros: a kept weight that is exactly 0.0 (e.g. just grown
+by RigL) stays kept. Parameters must be 0 (``== 0``) wherever masked, the trainer's invariant:
+otherwise :func:`save` raises an error naming the tensor and counting the offending entries,
+unless ``zero_masked=True``, which stores the masked parameters (``masks.apply_mask``'s).
 
-Encodings (per tensor; ``n`` entries, ``k`` kept, ``b`` bytes per value; the smallest wins, ties
-in the order dense, nm (it records the structure), bitmask, csr). Unmasked tensors (and BatchNorm statistics) are always dense.
+Encodings (``n`` entries, ``k`` kept, ``b`` bytes per value). Each masked tensor is stored in the
+smallest that can hold it (ties: dense, nm, bitmask, csr; nm records the structure); unmasked
+tensors and BatchNorm statistics are dense.
 
-* ``dense``: all ``n`` values, ``n * b`` bytes; for a masked tensor only when ``k == n``.
-* ``bitmask``: ``np.packbits`` of the flat mask (C order, big-endian bits, zero padding), then
-  the kept values in C order: ``ceil(n / 8) + k * b``.
-* ``csr``: over the 2-D view ``[prod(shape[:-1]), shape[-1]] = [R, C]`` (the ``[fan_in, out]``
-  view of a Dense or HWIO kernel; a 0-/1-D tensor is one row): row pointers (``R + 1``
-  entries), column indices (``k``, increasing within a row), the kept values in C order:
-  ``(R + 1) * w(k) + k * w(C - 1) + k * b`` where ``w(v)`` is the width of the smallest of
-  uint8 / uint16 / uint32 that holds ``v`` (uint8 too: TFLite's choice; the issue asked for
-  uint16 or uint32, uint8 only makes small layers smaller).
-* ``nm``: a tensor of rank >= 2 whose mask keeps exactly ``N`` (1 <= N < M) in every group of
-  ``M`` consecutive entries along axis -2 (the contraction axis of a Dense ``[in, out]`` or
-  HWIO kernel). Detected automatically for every ``M`` in 2..16 that divides ``shape[-2]``
-  (no argument needed; the cheapest ``(N, M)`` wins, e.g. 2:4 rather than 4:8). Groups are
-  taken in C order of ``moveaxis(x, -2, -1)``; each group's kept positions are one of the
-  ``C(M, N)`` combinations, coded as its index in ``itertools.combinations(range(M), N)`` order
-  in ``bits = ceil(log2 C(M, N))`` bits (3 at 2:4, against 4 for the bitmask), packed
-  MSB-first; then the kept values in the same group order:
+* ``dense``: the ``n`` values: ``n * b`` bytes; for a masked tensor only when ``k == n``.
+* ``bitmask``: ``np.packbits`` of the flat mask (C order, MSB first, zero padding), then the
+  kept values in C order: ``ceil(n / 8) + k * b``.
+* ``csr``: over the 2-D view ``[R, C] = [prod(shape[:-1]), shape[-1]]`` (``[fan_in, out]`` of a
+  Dense or HWIO kernel; a 0-/1-D tensor is one row): ``R + 1`` row pointers, ``k`` column
+  indices (increasing within a row), the kept values in C order:
+  ``(R + 1) * w(k) + k * w(C - 1) + k * b``, ``w(v)`` the width of the smallest of uint8 /
+  uint16 / uint32 holding ``v`` (uint8 as TFLite; the issue named uint16 / uint32 only).
+* ``nm``: a tensor of rank >= 2 whose mask keeps exactly ``N`` (1 <= N < M) of every ``M``
+  consecutive entries along axis -2 (the contraction axis of a Dense ``[in, out]`` or HWIO
+  kernel), found automatically for every ``M`` in 2..16 dividing ``shape[-2]`` (the cheapest
+  ``(N, M)`` wins: 2:4 rather than 4:8; no argument to give). Groups in C order of
+  ``moveaxis(x, -2, -1)``; a group's pattern is coded as its index in
+  ``itertools.combinations(range(M), N)`` in ``bits = ceil(log2 C(M, N))`` bits (3 at 2:4
+  against the bitmask's 4), packed MSB first; then the kept values in group order:
   ``ceil(n / M * bits / 8) + k * b``.
 
-Dtypes: float16, bfloat16, float32, float64 (and, losslessly, bool, int8..int64, uint8..uint64),
-stored little-endian as raw bits (NaN payloads included). Any other dtype (complex, float8,
-strings, objects) is refused with an error naming the tensor and the allowed dtypes.
+Dtypes: float16, bfloat16, float32, float64, and losslessly bool and (u)int8..64, stored
+little-endian as raw bits (NaN payloads too). Any other dtype (complex, float8, strings) is
+refused, naming the tensor and the allowed dtypes.
 
-File layout (all integers little-endian)::
+File layout (integers little-endian)::
 
     offset 0   8 bytes  magic b"SIGNINSX"
-           8   uint32   format version (FORMAT_VERSION = 1)
+           8   uint32   format version (FORMAT_VERSION)
           12   uint32   header length H
-          16   uint32   CRC32 of the header bytes
+          16   uint32   CRC32 of the header
           20   uint32   0 (reserved)
-          24   H bytes  header: UTF-8 JSON {"format_version", "file_bytes", "metadata",
-                        "has_batch_stats", "tensors": [...]}
-                        each tensor: {"name", "collection", "path", "shape", "dtype",
-                        "masked", "kept", "encoding", "nm" ([N, M] or null), "crc32",
-                        "blobs": [[role, offset, length, dtype], ...]}
-                        role in values / bitmask / indptr / indices / codes; offsets absolute
-           ...      zero padding to a multiple of 8, then the blobs, each at a multiple of 8
-                    (so every array can be viewed in place), zero padding between them, none
-                    after the last (so a truncated file always cuts a tensor); file_bytes in
-                    total
+          24   H bytes  UTF-8 JSON {"format_version", "file_bytes", "metadata",
+                        "has_batch_stats", "tensors": [{"name", "collection", "path", "shape",
+                        "dtype", "masked", "kept", "encoding", "nm": [N, M] or null, "crc32",
+                        "blobs": [[role, offset, length, dtype], ...]}, ...]}
+                        role: values / bitmask / indptr / indices / codes; offsets absolute
+           ...      zero padding; the blobs in order, each at a multiple of 8 (viewable in
+                    place), zero padding between them and none after the last
 
-Checksums: CRC32 (``zlib.crc32``) of each tensor's blobs concatenated in order, and of the
-header. CRC32 detects every burst error up to 32 bits (so every flipped bit) with certainty and
-others with probability 1 - 2**-32; the file guards against accidental corruption (disks,
-truncated copies), not against tampering, for which a cryptographic hash would be needed.
-Reading refuses, naming the tensor where there is one: a wrong magic; a newer format version
-(before the header is parsed); a truncated file (naming the first tensor cut); a header or
-tensor whose checksum fails; a malformed entry. Writing refuses a mask tree that does not match
-the parameters (a mask without a parameter, a wrong shape, a non-0/1 mask), an unsupported dtype,
-nonzero masked parameters (above), non-JSON metadata. :func:`save` writes atomically (a
-temporary file in the same directory, then ``os.replace``).
+Checksums: CRC32 (``zlib.crc32``) of the header and of each tensor's blobs in order: it finds
+every error burst of up to 32 bits (every flipped bit) for certain, others but for 2**-32, at
+zlib's speed; it guards against accidents (disks, cut copies), not tampering (that would need a
+cryptographic hash). As padding must be zero, no byte of a file goes unchecked. Reading refuses,
+naming the tensor where there is one: a wrong magic; a newer format version (before the header
+is parsed); a truncated file (the first tensor cut); a failed checksum; a malformed entry.
+Writing refuses a mask tree that does not fit the parameters (a mask of no parameter, a wrong
+shape, a non-0/1 mask), an unsupported dtype, nonzero masked parameters, non-JSON metadata.
+:func:`save` writes a temporary file in the same directory, then ``os.replace``-s it.
 
-Measured shares (masked tensors' bytes / their dense float32 bytes; random ERK masks;
-``python benchmarks/export_bytes.py``): see the table at the end of this docstring.
+Measured: the masked (prunable) tensors' bytes as a share of their dense float32 bytes, random
+ERK masks on the prunable leaves (``python benchmarks/export_bytes.py``; exact byte counts, the
+same on any machine; run on the 2-core AMD EPYC, 2026-12-07, commit COMMIT):
+
+  TABLE
 """
 
 import functools
@@ -93,7 +90,6 @@ import math
 import os
 import struct
 import sys
-import tempfile
 import zlib
 from collections.abc import Mapping
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
@@ -136,13 +132,11 @@ class ExportStats(NamedTuple):
   tensors: Tuple[TensorStats, ...]
   file_bytes: int
 
-  @property
-  def masked_bytes(self) -> int:
-    return sum(t.bytes for t in self.tensors if t.masked)
-
-  @property
-  def masked_dense_bytes(self) -> int:
-    return sum(t.dense_bytes for t in self.tensors if t.masked)
+  masked_bytes = property(lambda self: sum(t.bytes for t in self.tensors if t.masked))
+  masked_dense_bytes = property(lambda self: sum(t.dense_bytes for t in self.tensors
+                                                 if t.masked))
+  # all tensors stored dense: what an .npz of them holds, before its own overhead
+  dense_bytes = property(lambda self: sum(t.dense_bytes for t in self.tensors))
 
   @property
   def masked_share(self) -> float:
@@ -150,11 +144,6 @@ class ExportStats(NamedTuple):
     <= 14 % at 90 % sparsity, 8.5 % at 95 %, 4 % at 98 %)."""
     dense = self.masked_dense_bytes
     return self.masked_bytes / dense if dense else 1.0
-
-  @property
-  def dense_bytes(self) -> int:
-    """Bytes of all tensors stored dense (what an .npz of them holds, before its overhead)."""
-    return sum(t.dense_bytes for t in self.tensors)
 
 
 class Exported(NamedTuple):
@@ -310,7 +299,7 @@ def _encode_tensor(x: np.ndarray, mask: Optional[np.ndarray], encoding: str):
 
 
 def _check_dtype(x: np.ndarray, tensor: str) -> np.ndarray:
-  if x.dtype.name not in DTYPES or x.dtype.kind not in "fbiuV":
+  if x.dtype.name not in DTYPES:
     raise ExportError(f"{tensor} has dtype {x.dtype}, which the export does not store; "
                       f"allowed: {sorted(DTYPES)}.")
   return np.ascontiguousarray(x, DTYPES[x.dtype.name])
@@ -405,11 +394,9 @@ def save(path, *, params, masks=None, batch_stats=None, metadata=None,
   """
   data, stats = encode(params=params, masks=masks, batch_stats=batch_stats,
                        metadata=metadata, zero_masked=zero_masked)
-  path = os.fspath(path)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                             dir=os.path.dirname(os.path.abspath(path)))
+  tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"  # same directory: os.replace is atomic
   try:
-    with os.fdopen(fd, "wb") as f:
+    with open(tmp, "wb") as f:
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
