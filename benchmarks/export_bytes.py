@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import tempfile
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ def two_four(params, key):
   def one(path, p):
     if p.ndim < 2 or p.shape[-2] % 4:
       return None
-    k = jax.random.fold_in(key, hash(masks_lib.path_str(path)) % (2 ** 31))
+    k = jax.random.fold_in(key, zlib.crc32(masks_lib.path_str(path).encode()) % (2 ** 31))
     scores = np.asarray(jax.random.uniform(k, p.shape))
     groups = np.moveaxis(scores, -2, -1).reshape(-1, 4)
     keep = np.argsort(-groups, axis=1, kind="stable")[:, :2]
