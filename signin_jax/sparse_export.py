@@ -104,7 +104,7 @@ import struct
 import sys
 import zlib
 from collections.abc import Mapping
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import ml_dtypes  # bfloat16 for numpy (a jax dependency)
 import numpy as np

@@ -7,7 +7,6 @@ with a random top-k per layer in numpy: create_masks' op-by-op argsort compiles 
 shape: 12 s (LeNet) to 117 s (ResNet-18) per model for three sparsities on this 2-core
 machine while shared.
 """
-import itertools
 import json
 import math
 import os
