@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (the summary's test_* numbers are then measured on the held-out part).
   config.train_split = config_dict.placeholder(str)
   config.eval_split = config_dict.placeholder(str)
+  # Training augmentation: None keeps the dataset's default (CIFAR and ImageNet: on; Fashion-MNIST:
+  # off); True on Fashion-MNIST applies CIFAR's pad-4 random crop and horizontal flip.
+  config.augment = config_dict.placeholder(bool)
 
   # Length. num_train_steps = -1 derives it as num_epochs * steps_per_epoch.
   config.num_epochs = 160

@@ -82,6 +82,9 @@ def validate_config(config) -> None:
   """Static checks of every field the trainer reads."""
   _one_of(config, "model", models.MODEL_NAMES)
   _one_of(config, "dataset", sorted(input_pipeline.DATASETS))
+  augment = _get(config, "augment")
+  if augment is not None and not isinstance(augment, bool):
+    _fail("augment", augment, "must be None (the dataset's default), True or False")
   width = _get(config, "width")
   if width is not None and not (_is_int(width) and width > 0):
     _fail("width", width, "must be None (the model's default) or a positive integer")

@@ -176,7 +176,8 @@ def create_run_start(config: ml_collections.ConfigDict) -> RunStart:
       process_count=jax.process_count(), split=config.train_split)
   num_steps = (config.num_train_steps if config.num_train_steps > 0
                else int(np.ceil(config.num_epochs * steps_per_epoch)))
-  data_kwargs = dict(data_dir=config.data_dir, process_index=jax.process_index(),
+  data_kwargs = dict(data_dir=config.data_dir, augment=config.augment,
+                     process_index=jax.process_index(),
                      process_count=jax.process_count(), split=config.train_split)
 
   model = create_model(config, num_classes=dataset.num_classes)

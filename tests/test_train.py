@@ -411,3 +411,24 @@ def test_every_mask_schedule_trains_to_its_target_and_logs_mask_changes(method, 
     densities = [r["mask_density/total"] for r in epochs]
     assert densities[0] > densities[1] >= densities[2]
   assert signin_enabled == any("beta/total" in r for r in epochs)
+
+
+# --- config.augment ------------------------------------------------------------------------------
+
+def test_config_augment_reaches_the_training_batches():
+  """None keeps Fashion-MNIST's default (no augmentation); True gives CIFAR's crop and flip."""
+  from signin_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+
+  def first_batch(augment):
+    config = load("fashion_mnist_quickstart")
+    config.model, config.width, config.batch_size, config.augment = "lenet300_100", 8, 8, augment
+    run = run_start.create_run_start(config)
+    assert run.data_kwargs["augment"] is augment
+    return next(input_pipeline.train_iterator(config.dataset, global_batch_size=8, seed=0,
+                                              **run.data_kwargs))
+
+  with tfds_mock.mock_data(num_examples=16):
+    plain, off, augmented = first_batch(None), first_batch(False), first_batch(True)
+  np.testing.assert_array_equal(plain["label"], augmented["label"])  # Same examples, same order.
+  np.testing.assert_array_equal(plain["image"], off["image"])
+  assert not np.array_equal(plain["image"], augmented["image"])
