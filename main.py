@@ -9,8 +9,16 @@ Multi-process (README: Scale-out): the same command on every process, plus
 --config.distributed=True; on a Cloud TPU pod or under SLURM that is all (JAX detects the job),
 elsewhere also --config.distributed_coordinator=HOST0:PORT --config.num_processes=N
 --config.process_id=I (launch/ has the TPU pod and SLURM launchers).
+
+On a CPU it first applies signin_jax/cpu_speed.py's settings (re-executing itself once;
+SIGNIN_JAX_CPU_SETTINGS=0 turns them off): they must be in place before JAX starts.
 """
 
+from signin_jax import cpu_speed
+
+cpu_speed.reexec_with_cpu_settings()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 import jax

@@ -13,6 +13,11 @@ prints images/s of both and their ratio (goal: at least 0.95). The dataset is pr
 needed, as main.py does.
 """
 
+from signin_jax import cpu_speed
+
+cpu_speed.reexec_with_cpu_settings()  # Time what main.py runs (README: set-up).
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import time
 
 from absl import app

@@ -17,6 +17,11 @@ median over rounds of the ratio within a round (printed with its quartiles), so 
 other processes, which changes over seconds, hits both sides of a ratio alike.
 """
 
+from signin_jax import cpu_speed
+
+cpu_speed.reexec_with_cpu_settings()  # Time what main.py runs (README: set-up).
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import argparse
 import time
 

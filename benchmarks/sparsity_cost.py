@@ -40,6 +40,11 @@ the step. (b) is mostly sorting: ``masks._top_k_mask`` runs a stable argsort of 
 0.2 s for ``lax.top_k``, which needs a static k), twice per layer.
 """
 
+from signin_jax import cpu_speed
+
+cpu_speed.reexec_with_cpu_settings()  # Time what main.py runs (README: set-up).
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import argparse
 import time
 

@@ -35,9 +35,13 @@ and sample standard deviation (ddof=1; empty for a single seed) over its seeds o
 accuracy, the final measured sparsity, the fraction of unmasked weights whose sign differs from
 the initialization, and the wall time, with the number of seeds found.
 
-With ``--parallel N`` (N > 1) the N concurrent runs are each limited to one compute thread
-(``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``, TF/OpenMP threads 1), so they share the
-cores instead of oversubscribing them.
+Every run gets the CPU settings of ``signin_jax/cpu_speed.py`` (README: set-up; off with
+``SIGNIN_JAX_CPU_SETTINGS=0``). With ``--parallel N`` (N > 1) each of the N concurrent runs is
+pinned to its own share of the CPUs this sweep may use (CPU affinity, which XLA's and
+tf.data's thread pools follow; TF/OpenMP thread counts set to match), so they share the cores
+instead of oversubscribing them: with C CPUs, N <= C runs get disjoint groups of C // N or
+more CPUs; N > C runs share them, N / C runs per CPU. Each run's log (``sweep.log``) starts with
+its command, pinning included.
 """
 
 import argparse
@@ -48,12 +52,15 @@ import importlib.util
 import json
 import math
 import os
+import queue
 import re
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from signin_jax import cpu_speed
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RESULTS_ROOT = os.path.join(REPO_ROOT, "experiments", "results")
@@ -223,14 +230,27 @@ def run_command(run: Run, workdir: str, extra_overrides: Dict[str, str],
           + [f"--config.{k}={v}" for k, v in overrides.items()])
 
 
-def thread_limited_env(parallel: int) -> Dict[str, str]:
-  """The environment of each run: one compute thread per run when several run at once."""
-  env = dict(os.environ)
-  if parallel > 1:
-    flag = "--xla_cpu_multi_thread_eigen=false"
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+def cpu_slots(parallel: int, cpus: Sequence[int]) -> List[Optional[Tuple[int, ...]]]:
+  """The CPUs of each of ``parallel`` concurrent runs, out of the available ``cpus``.
+
+  One run: None (not pinned: all of them). Up to one run per CPU: disjoint contiguous groups
+  whose sizes differ by at most one. More runs than CPUs: one CPU each, round robin.
+  """
+  cpus = sorted(cpus)
+  if parallel <= 1:
+    return [None]
+  if parallel >= len(cpus):
+    return [(cpus[i % len(cpus)],) for i in range(parallel)]
+  bounds = [i * len(cpus) // parallel for i in range(parallel + 1)]
+  return [tuple(cpus[bounds[i]:bounds[i + 1]]) for i in range(parallel)]
+
+
+def run_env(cpus: Optional[Sequence[int]]) -> Dict[str, str]:
+  """The environment of a run: the CPU settings, and TF/OpenMP threads matching its CPUs."""
+  env = cpu_speed.environment(os.environ)
+  if cpus is not None:
     for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-      env[var] = "1"
+      env[var] = str(len(cpus))
   return env
 
 
@@ -320,13 +340,17 @@ def say(message: str) -> None:
 
 
 def execute(run: Run, *, workdir: str, results_dir: str, extra_overrides: Dict[str, str],
-            env: Dict[str, str],
+            cpus: Optional[Sequence[int]] = None,
             workdir_of: Optional[Callable[[str, int], str]] = None) -> Optional[str]:
-  """Runs one (cell, seed) and stores its results JSON; returns an error message or None."""
+  """Runs one (cell, seed), pinned to ``cpus`` (None: not pinned), and stores its results
+  JSON; returns an error message or None."""
   label = f"{run.cell.name} seed {run.seed}"
   os.makedirs(workdir, exist_ok=True)
   log_path = os.path.join(workdir, "sweep.log")
   command = run_command(run, workdir, extra_overrides, workdir_of)
+  if cpus is not None:
+    command = cpu_speed.pinned_command(command, cpus)
+  env = run_env(cpus)
   say(f"[sweep] start {label}: workdir {workdir}")
   started = time.time()
   with open(log_path, "a", encoding="utf-8") as log:
@@ -388,7 +412,18 @@ def run_grid(cells: Sequence[Cell], *, name: str, results_root: str, workdir_roo
       say("  " + " ".join(run_command(r, workdir(r), extra_overrides, workdir_of)))
     return stale
   os.makedirs(results_dir, exist_ok=True)
-  env = thread_limited_env(parallel)
+  free_cpus = queue.Queue()  # A run takes a group of CPUs and gives it back when it ends.
+  for cpus in cpu_slots(parallel, os.sched_getaffinity(0)):
+    free_cpus.put(cpus)
+
+  def execute_pinned(r):
+    cpus = free_cpus.get()
+    try:
+      return execute(r, workdir=workdir(r), results_dir=results_dir,
+                     extra_overrides=extra_overrides, cpus=cpus, workdir_of=workdir_of)
+    finally:
+      free_cpus.put(cpus)
+
   failures = list(stale)
   by_name = {c.name: c for c in cells}
   done = lambda cell, seed: os.path.isfile(results_path(results_dir, Run(by_name[cell], seed)))
@@ -404,9 +439,7 @@ def run_grid(cells: Sequence[Cell], *, name: str, results_root: str, workdir_roo
       break
     todo = [r for r in todo if r not in ready]
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-      futures = [pool.submit(execute, r, workdir=workdir(r), results_dir=results_dir,
-                             extra_overrides=extra_overrides, env=env, workdir_of=workdir_of)
-                 for r in ready]
+      futures = [pool.submit(execute_pinned, r) for r in ready]
       for future in futures:
         error = future.result()
         if error is not None:

@@ -14,4 +14,7 @@ workers=$(python3 -c "import os; print(max(1, min(4, os.cpu_count() or 1)))")
 cache_dir=$(mktemp -d)
 trap 'rm -rf "$cache_dir"' EXIT
 export JAX_COMPILATION_CACHE_DIR="$cache_dir" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+# The CPU settings main.py applies (signin_jax/cpu_speed.py), for every process of the suite:
+# the tests run what users run (SIGNIN_JAX_CPU_SETTINGS=0 bash tests/run.sh: without them).
+eval "$(python3 -m signin_jax.cpu_speed --exports)"
 python3 -m pytest -q -n "$workers" --dist loadgroup tests "$@"

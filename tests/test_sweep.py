@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from signin_jax import cpu_speed
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "experiments"))
 import sweep  # pylint: disable=g-import-not-at-top
@@ -250,7 +252,7 @@ def test_a_cell_naming_another_runs_after_it_with_its_workdir(tmp_path, monkeypa
   cells = sweep.load_grid(_dependency_grid(tmp_path))
   order = []
 
-  def fake_execute(run, *, workdir, results_dir, extra_overrides, env, workdir_of):
+  def fake_execute(run, *, workdir, results_dir, extra_overrides, cpus, workdir_of):
     command = sweep.run_command(run, workdir, extra_overrides, workdir_of)
     order.append((run.cell.name, run.seed, command))
     with open(sweep.results_path(results_dir, run), "w") as f:
@@ -284,3 +286,61 @@ def test_bad_dependencies_are_rejected(tmp_path, kwargs, message):
   with pytest.raises(ValueError) as error:
     sweep.load_grid(_dependency_grid(tmp_path, **kwargs))
   assert message in str(error.value)
+
+
+@pytest.mark.parametrize("parallel, cpus, want", [
+    (1, [0, 1], [None]),  # One run at a time: not pinned.
+    (2, [1, 0], [(0,), (1,)]),
+    (2, [0, 1, 2, 3, 4], [(0, 1), (2, 3, 4)]),
+    (3, [3, 7, 9, 11, 12, 13, 14], [(3, 7), (9, 11), (12, 13, 14)]),
+    (3, [4, 5], [(4,), (5,), (4,)]),  # More runs than CPUs: shared round robin.
+])
+def test_cpu_slots_split_the_available_cpus_among_the_concurrent_runs(parallel, cpus, want):
+  assert sweep.cpu_slots(parallel, cpus) == want
+
+
+# A stand-in for main.py: waits until both runs of the grid have started (so they run at the same
+# time), then records its CPU affinity, its threads' and its environment.
+_PINNED_RUN = """
+import json, os, sys, threading, time
+workdir = sys.argv[1]
+os.makedirs(workdir, exist_ok=True)
+open(os.path.join(workdir, "started"), "w").close()
+root = os.path.dirname(workdir)
+deadline = time.time() + 60
+while sum(os.path.exists(os.path.join(root, d, "started")) for d in os.listdir(root)) < 2:
+  assert time.time() < deadline
+  time.sleep(0.05)
+seen = {}
+t = threading.Thread(target=lambda: seen.update(thread=sorted(os.sched_getaffinity(0))))
+t.start(); t.join()
+with open(os.path.join(workdir, "affinity.json"), "w") as f:
+  json.dump({"main": sorted(os.sched_getaffinity(0)), **seen,
+             "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "LD_PRELOAD", "OMP_NUM_THREADS")}}, f)
+"""
+
+
+def test_parallel_runs_are_pinned_to_their_own_cpus(tmp_path, monkeypatch):
+  grid = tmp_path / "pinned.py"
+  grid.write_text(f"def get_grid():\n  return [{{'name': 'cell', 'config': {CONFIG!r}, "
+                  "'seeds': [0, 1]}]\n")
+  monkeypatch.setattr(sweep, "run_command", lambda run, workdir, *args: [
+      sys.executable, "-c", _PINNED_RUN, workdir])
+  failures = sweep.run_grid(sweep.load_grid(str(grid)), name="pinned",
+                            results_root=str(tmp_path / "results"),
+                            workdir_root=str(tmp_path / "work"), parallel=2, extra_overrides={},
+                            dry_run=False)
+  assert len(failures) == 2 and all("without writing summary.json" in f for f in failures)
+  seen = []
+  for seed in (0, 1):
+    with open(tmp_path / "work" / "pinned" / "cell" / f"seed{seed}" / "affinity.json") as f:
+      seen.append(json.load(f))
+  slots = sweep.cpu_slots(2, os.sched_getaffinity(0))
+  # Both ran at once, each on its own group of CPUs, its threads too.
+  assert sorted(tuple(s["main"]) for s in seen) == sorted(slots)
+  assert all(s["thread"] == s["main"] for s in seen)
+  expected = cpu_speed.environment(os.environ)  # The CPU settings main.py would apply.
+  for s in seen:
+    assert s["env"]["XLA_FLAGS"] == expected.get("XLA_FLAGS")
+    assert s["env"]["LD_PRELOAD"] == expected.get("LD_PRELOAD")
+    assert s["env"]["OMP_NUM_THREADS"] == str(len(s["main"]))
