@@ -231,3 +231,140 @@ def test_rigl_with_signin_is_the_explicit_factor_model_across_mask_updates_and_r
                                  rtol=2e-4, atol=2e-6, err_msg=f"{n} step {step}")
       assert np.all(np.asarray(theta[n[0]][n[1]])[~new_mask] == 0.0)
   assert changes > 0  # the run did change masks
+
+
+# --- GMP: a pruned weight stays pruned (issue 17, item 1) ------------------------------------
+
+LENET_KERNELS = ((784, 300), (300, 100), (100, 10))  # LeNet-300-100's prunable leaves.
+
+
+def _kernels(shapes, key=None):
+  """{'l0': {'kernel': ...}, ...}: zeros, or standard normal draws of `key`."""
+  keys = jax.random.split(key if key is not None else KEY, len(shapes))
+  return {f"l{i}": {"kernel": (jax.random.normal(k, s) if key is not None else jnp.zeros(s))}
+          for i, (s, k) in enumerate(zip(shapes, keys))}
+
+
+def _cubic_total(t, *, sizes, sparsity_, start, end, initial=0.0):
+  """Zhu and Gupta's Eq. 1 at t, as an exact kept total over the prunable weights."""
+  s_t = sparsity_ + (initial - sparsity_) * (1 - (t - start) / (end - start)) ** 3
+  return round((1 - s_t) * sum(sizes))
+
+
+def _target_counts(params, sparsity_, distribution):
+  """The per-layer counts masks.layer_densities gives at the target (what masks keep)."""
+  densities = jax.tree.leaves(masks_lib.layer_densities(params, sparsity_, distribution))
+  return [round(d * x.size) for d, x in zip(densities, jax.tree.leaves(params))]
+
+
+def test_gmp_issue_17_reproduction_the_last_layer_never_grows_back():
+  """Issue 17: uniform 0.9, start 0, end 2000, every step: between t=1339 and t=1340 the last
+  layer went from 132 to 133 kept and the pruned entry at flat index 0 came back."""
+  params = _kernels(LENET_KERNELS)
+  schedule = sparsity.gmp(params, sparsity=0.9, start_step=0, end_step=2000, update_every=1,
+                          distribution="uniform")
+  u = schedule.update_steps.index(1339)
+  before, after = schedule.target_counts[u], schedule.target_counts[u + 1]
+  # The masks at t=1339 keep the largest |theta|; |theta| grows with the flat index, so the
+  # entry at flat index 0 of every layer is pruned and ranks last among the pruned.
+  theta = jax.tree.map(lambda x: jnp.arange(1, x.size + 1, dtype=jnp.float32).reshape(x.shape),
+                       params)
+  masks = jax.tree.map(lambda x, k: jnp.arange(x.size).reshape(x.shape) >= x.size - k,
+                       theta, {f"l{i}": {"kernel": int(before[i])} for i in range(3)})
+  new = schedule.new_masks(u + 1, 1340, masks, theta, theta, KEY)
+  for name in ("l0", "l1", "l2"):
+    old_mask, new_mask = np.asarray(masks[name]["kernel"]), np.asarray(new[name]["kernel"])
+    assert not new_mask.ravel()[0], name  # flat index 0 stays pruned
+    assert not (new_mask & ~old_mask).any(), name
+  assert after[2] <= before[2], (before.tolist(), after.tolist())
+
+
+GMP_CONFIGS = {  # name: (gmp's arguments beyond params, or the trainer's defaults)
+    "issue_uniform_every_step": dict(sparsity=0.9, start_step=0, end_step=2000, update_every=1,
+                                     distribution="uniform"),
+    "issue_erk_every_step": dict(sparsity=0.9, start_step=0, end_step=2000, update_every=1,
+                                 distribution="erk"),
+    "uniform_global": dict(sparsity=0.95, start_step=0, end_step=2000, update_every=1,
+                           distribution="uniform", scope="global"),
+    "erk_from_0.5": dict(sparsity=0.98, start_step=100, end_step=1500, update_every=3,
+                         initial_sparsity=0.5, distribution="erk"),
+}
+TRAINER_DEFAULT_STEPS = 100_000  # configs/default.py: every 100 steps from 0 to 75 % of a run.
+
+
+def _gmp_schedule(params, config):
+  if config.startswith("trainer_default"):
+    _, distribution, sparsity_ = config.split(":")
+    schedule = sparsity.create_schedule("gmp", params, sparsity=float(sparsity_),
+                                        num_steps=TRAINER_DEFAULT_STEPS,
+                                        distribution=distribution)
+    return schedule, dict(sparsity=float(sparsity_), start_step=0,
+                          end_step=int(0.75 * TRAINER_DEFAULT_STEPS), distribution=distribution)
+  return sparsity.gmp(params, **GMP_CONFIGS[config]), GMP_CONFIGS[config]
+
+
+@pytest.mark.parametrize("config", list(GMP_CONFIGS) + [
+    f"trainer_default:{d}:{s}" for d in ("uniform", "erk") for s in (0.9, 0.95, 0.98)])
+def test_gmp_count_table_never_grows_a_layer_and_keeps_exact_totals(config):
+  params = _kernels(LENET_KERNELS)
+  schedule, args = _gmp_schedule(params, config)
+  table = np.asarray(schedule.target_counts)
+  sizes = [x.size for x in jax.tree.leaves(params)]
+  assert np.all(np.diff(table, axis=0) <= 0), [
+      (schedule.update_steps[u], schedule.update_steps[u + 1], table[u].tolist(),
+       table[u + 1].tolist())
+      for u in np.flatnonzero(np.any(np.diff(table, axis=0) > 0, axis=1))][:5]
+  assert np.all(table >= 0) and np.all(table <= np.asarray(sizes))
+  for t, row in zip(schedule.update_steps, table):
+    assert row.sum() == _cubic_total(t, sizes=sizes, sparsity_=args["sparsity"],
+                                     start=args["start_step"], end=args["end_step"],
+                                     initial=args.get("initial_sparsity", 0.0)), t
+  assert table[-1].tolist() == _target_counts(params, args["sparsity"], args["distribution"])
+
+
+@pytest.mark.parametrize("shapes,distribution,scope", [
+    (((100, 30), (30, 10), (10, 10)), "uniform", "layer"),
+    (((40, 30), (30, 20), (20, 10)), "erk", "layer"),
+    (((100, 30), (30, 10), (10, 10)), "uniform", "global"),
+    (((40, 30), (30, 20), (20, 10)), "erk", "global"),
+])
+def test_gmp_masks_only_lose_entries_over_every_update(shapes, distribution, scope):
+  """New |theta| at every update (pruned entries included, however large): a mask is a subset
+  of the one before, with the table's counts (layer scope) or total (global scope)."""
+  params = _kernels(shapes)
+  schedule = sparsity.gmp(params, sparsity=0.9, start_step=0, end_step=200, update_every=1,
+                          distribution=distribution, scope=scope)
+  new_masks = jax.jit(schedule.new_masks)
+  masks = sparsity.dense_masks(params)
+  for u, t in enumerate(schedule.update_steps):
+    theta = _kernels(shapes, jax.random.fold_in(KEY, t))
+    new = new_masks(u, t, masks, theta, theta, KEY)
+    counts = []
+    for name in sorted(params):
+      old_mask, new_mask = np.asarray(masks[name]["kernel"]), np.asarray(new[name]["kernel"])
+      assert not (new_mask & ~old_mask).any(), (t, name, "a pruned weight came back")
+      counts.append(int(new_mask.sum()))
+    want = schedule.target_counts[u].tolist()
+    assert (counts == want) if scope == "layer" else (sum(counts) == sum(want)), (t, counts, want)
+    masks = new
+
+
+def test_gmp_keeps_only_kept_entries_even_when_a_kept_weight_is_nan():
+  """A kept NaN weight must not hand its place to a pruned one (NaN ranks below -inf in a
+  sort): with the counts of the update equal to the mask's, the mask stays the same set."""
+  params = {"w": jnp.zeros((8, 5))}
+  schedule = sparsity.gmp(params, sparsity=0.5, start_step=0, end_step=4, update_every=1,
+                          distribution="uniform")
+  u = len(schedule.update_steps) - 1
+  keep = int(schedule.target_counts[u][0])
+  theta = {"w": jnp.arange(40.0).reshape(8, 5).at[4, 4].set(jnp.nan)}  # flat 24: kept, NaN
+  masks = {"w": (jnp.arange(40) >= 40 - keep - 1).at[39].set(False).reshape(8, 5)}
+  assert int(masks["w"].sum()) == keep and bool(masks["w"][4, 4])
+  new = np.asarray(schedule.new_masks(u, 4, masks, theta, theta, KEY)["w"])
+  assert not (new & ~np.asarray(masks["w"])).any()
+  assert new.sum() == keep
+
+
+def test_gmp_refuses_an_initial_sparsity_above_the_target():
+  with pytest.raises(ValueError, match="initial_sparsity"):
+    sparsity.gmp(_params(), sparsity=0.5, initial_sparsity=0.8, start_step=0, end_step=10)
