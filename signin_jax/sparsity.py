@@ -105,11 +105,29 @@ def _prunable_sizes(params, where):
 
 def _counts_at(params, sparsity, distribution, where, dense):
   """Exact kept counts per prunable leaf at `sparsity` (masks.layer_densities' budget)."""
-  densities = jax.tree.leaves(masks_lib.layer_densities(
-      params, sparsity, distribution, where=where, dense=dense))
-  flags = jax.tree.leaves(masks_lib.prunable(params, where))
-  sizes = _prunable_sizes(params, where)
-  return [round(d * n) for d, n in zip([d for d, f in zip(densities, flags) if f], sizes)]
+  return masks_lib.layer_counts(params, sparsity, distribution, where=where, dense=dense)[0]
+
+
+def _never_growing(rows, quotas) -> np.ndarray:
+  """The count table ``rows`` with no layer's count ever rising from one update to the next,
+  each row's total kept, and the last row unchanged.
+
+  Each row rounds its real quotas by largest remainder, which keeps the total exact but can
+  raise a layer's count by one while its quota falls (the Alabama paradox): a pruned weight
+  would come back. From the last row back, row ``u`` becomes ``max(rows[u], row[u + 1])`` and
+  whatever that adds to its total is taken back one weight at a time from the layer furthest
+  above its quota among those still above ``row[u + 1]`` (ties: the later layer). There are
+  enough (``row[u + 1]`` holds at most row ``u``'s total), and rows that never grow are kept.
+  """
+  table = np.array(rows, np.int64)
+  quotas = np.asarray(quotas, np.float64)
+  for u in range(len(table) - 2, -1, -1):
+    row, floor = np.maximum(table[u], table[u + 1]), table[u + 1]
+    for _ in range(int(row.sum() - table[u].sum())):
+      over = np.where(row > floor, row - quotas[u], -np.inf)
+      row[len(row) - 1 - int(np.argmax(over[::-1]))] -= 1
+    table[u] = row
+  return table
 
 
 def _check_steps(name, **steps):
@@ -130,7 +148,7 @@ def _with_prunable(leaves, treedef, flags, new):
 
 def _top_k_masks(scores, counts, scope):
   if scope == "global":
-    return masks_lib._top_counts(scores, [jnp.sum(counts)], "global")  # pylint: disable=protected-access
+    return masks_lib._top_counts(scores, [sum(counts)], "global")  # pylint: disable=protected-access
   return [masks_lib._top_k_mask(s, k) for s, k in zip(scores, counts)]  # pylint: disable=protected-access
 
 
@@ -148,9 +166,14 @@ def gmp(params, *, sparsity: float, start_step: int, end_step: int, update_every
   target is reached exactly there). Each update keeps the largest ``|theta|`` among the kept
   weights: layer by layer with the counts of ``masks.layer_densities(params, s_t,
   distribution)`` (``scope='layer'``), or across the prunable layers with the same total
-  (``scope='global'``). Pruned weights stay pruned. Zhu and Gupta prune every 100 to 1000 steps;
-  ``update_every=100`` is their finest period. Start from all-True masks
-  (:func:`dense_masks`) and ``initial_sparsity=0``.
+  (``scope='global'``). Pruned weights stay pruned: a layer's count never rises from one
+  update to the next (where rounding each update's budget on its own would raise it by one,
+  the table is adjusted, see :func:`_never_growing`; every update's total is still
+  ``round((1 - s_t) * N)`` and the last update's counts are the budget's at ``sparsity``), and
+  an update keeps only entries that are kept (a NaN weight ranks below the other kept ones).
+  Zhu and Gupta prune every 100 to 1000 steps; ``update_every=100`` is their finest period.
+  Start from all-True masks (:func:`dense_masks`) and
+  ``initial_sparsity=0``.
   """
   _check_steps("gmp", start_step=start_step, end_step=end_step)
   if update_every < 1 or end_step <= start_step:
@@ -158,26 +181,34 @@ def gmp(params, *, sparsity: float, start_step: int, end_step: int, update_every
                      f"update_every={update_every}, start_step={start_step}, end_step={end_step}.")
   masks_lib._check_sparsity(initial_sparsity)  # pylint: disable=protected-access
   masks_lib._check_choice("scope", scope, masks_lib.SCOPES)  # pylint: disable=protected-access
+  if not initial_sparsity <= sparsity:
+    raise ValueError(f"gmp: initial_sparsity must be <= sparsity (GMP only prunes), got "
+                     f"initial_sparsity={initial_sparsity}, sparsity={sparsity}.")
   steps = list(range(max(start_step, 1), end_step + 1, update_every))
   if not steps or steps[-1] != end_step:
     steps.append(end_step)
   span = end_step - start_step
   sparsities = [sparsity + (initial_sparsity - sparsity) * (1 - (t - start_step) / span) ** 3
                 for t in steps]
-  table = np.asarray([_counts_at(params, s, distribution, where, dense) for s in sparsities],
-                     np.int64)
+  budgets = [masks_lib.layer_counts(params, s, distribution, where=where, dense=dense)
+             for s in sparsities]
+  table = _never_growing([c for c, _ in budgets], [q for _, q in budgets])
   flags = jax.tree.leaves(masks_lib.prunable(params, where))
+  lowest = jnp.finfo(jnp.float32).min  # Above -inf: a kept NaN weight ranks above the pruned.
 
   def new_masks(index, t, masks, params, grads, key):
     del t, grads, key
     mask_leaves, all_masks, treedef = _split_prunable(masks, flags)
     thetas, _, _ = _split_prunable(params, flags)
-    # Kept weights by |theta|; pruned ones never come back (-inf ranks below every weight).
-    scores = [jnp.where(m, jnp.abs(p).astype(jnp.float32), -jnp.inf)
-              for m, p in zip(mask_leaves, thetas)]
+    # Kept weights by |theta|; pruned ones rank below every kept one (-inf), and the top-k is
+    # intersected with the mask, so they never come back whatever the counts.
+    magnitudes = [jnp.abs(p).astype(jnp.float32) for p in thetas]
+    scores = [jnp.where(m, jnp.where(jnp.isnan(a), lowest, a), -jnp.inf)
+              for m, a in zip(mask_leaves, magnitudes)]
     counts = jnp.asarray(table)[index]
+    top = _top_k_masks(scores, [counts[i] for i in range(len(scores))], scope)
     return _with_prunable(all_masks, treedef, flags,
-                          _top_k_masks(scores, [counts[i] for i in range(len(scores))], scope))
+                          [k & m for k, m in zip(top, mask_leaves)])
 
   return MaskSchedule("gmp", tuple(steps), new_masks, table)
 

@@ -245,10 +245,9 @@ def _kernels(shapes, key=None):
           for i, (s, k) in enumerate(zip(shapes, keys))}
 
 
-def _cubic_total(t, *, sizes, sparsity_, start, end, initial=0.0):
-  """Zhu and Gupta's Eq. 1 at t, as an exact kept total over the prunable weights."""
-  s_t = sparsity_ + (initial - sparsity_) * (1 - (t - start) / (end - start)) ** 3
-  return round((1 - s_t) * sum(sizes))
+def _cubic(t, *, sparsity_, start, end, initial=0.0):
+  """Zhu and Gupta's Eq. 1: the sparsity at step t."""
+  return sparsity_ + (initial - sparsity_) * (1 - (t - start) / (end - start)) ** 3
 
 
 def _target_counts(params, sparsity_, distribution):
@@ -316,9 +315,12 @@ def test_gmp_count_table_never_grows_a_layer_and_keeps_exact_totals(config):
       for u in np.flatnonzero(np.any(np.diff(table, axis=0) > 0, axis=1))][:5]
   assert np.all(table >= 0) and np.all(table <= np.asarray(sizes))
   for t, row in zip(schedule.update_steps, table):
-    assert row.sum() == _cubic_total(t, sizes=sizes, sparsity_=args["sparsity"],
-                                     start=args["start_step"], end=args["end_step"],
-                                     initial=args.get("initial_sparsity", 0.0)), t
+    s_t = _cubic(t, sparsity_=args["sparsity"], start=args["start_step"], end=args["end_step"],
+                 initial=args.get("initial_sparsity", 0.0))
+    assert row.sum() == round((1 - s_t) * sum(sizes)), t  # the exact total at s_t
+    # Each count is still a rounding (down or up) of the budget's real count at s_t.
+    _, quotas = masks_lib.layer_counts(params, s_t, args["distribution"])
+    assert np.all(np.abs(row - np.asarray(quotas)) < 1), (t, row.tolist(), quotas)
   assert table[-1].tolist() == _target_counts(params, args["sparsity"], args["distribution"])
 
 
