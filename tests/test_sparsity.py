@@ -370,3 +370,97 @@ def test_gmp_keeps_only_kept_entries_even_when_a_kept_weight_is_nan():
 def test_gmp_refuses_an_initial_sparsity_above_the_target():
   with pytest.raises(ValueError, match="initial_sparsity"):
     sparsity.gmp(_params(), sparsity=0.5, initial_sparsity=0.8, start_step=0, end_step=10)
+
+
+# --- the starting mask is checked (issue 17, item 2) -----------------------------------------
+
+def _kept(tree):
+  return {masks_lib.path_str(p): int(np.count_nonzero(m))
+          for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _budget_counts(params, sparsity_, distribution):
+  """{path: kept count} of masks.layer_densities at the prunable leaves (the kernels)."""
+  flat = jax.tree_util.tree_flatten_with_path(
+      masks_lib.layer_densities(params, sparsity_, distribution))[0]
+  sizes = _kept(jax.tree.map(lambda x: jnp.ones(x.shape, bool), params))
+  return {masks_lib.path_str(p): round(d * sizes[masks_lib.path_str(p)])
+          for p, d in flat if masks_lib.path_str(p).endswith("kernel")}
+
+
+@pytest.mark.parametrize("factory", [sparsity.rigl, sparsity.set_evolution])
+def test_rigl_and_set_refuse_a_uniform_mask_under_their_default_erk_budget(factory):
+  params = _params()
+  uniform = masks_lib.create_masks(KEY, params, 0.8, distribution="uniform")
+  tx = sparsity.sparse_training(optax.sgd(0.1), factory(params, sparsity=0.8, end_step=10),
+                                uniform, key=KEY)
+  have, need = _kept(uniform), _budget_counts(params, 0.8, "erk")
+  assert have["a/kernel"] != need["a/kernel"] and have["b/kernel"] != need["b/kernel"]
+  for init in (tx.init, jax.jit(tx.init)):  # the trainer initializes under jit
+    with pytest.raises(ValueError) as error:
+      init(masks_lib.apply_mask(params, uniform))
+    for path, size in (("a/kernel", 200), ("b/kernel", 50)):
+      assert (f"'{path}' keeps {have[path]:,} of {size:,} entries where the schedule needs "
+              f"{need[path]:,}") in str(error.value)
+  erk = masks_lib.create_masks(KEY, params, 0.8)  # the schedule's own budget: accepted
+  sparsity.sparse_training(optax.sgd(0.1), factory(params, sparsity=0.8, end_step=10), erk,
+                           key=KEY).init(masks_lib.apply_mask(params, erk))
+
+
+@pytest.mark.parametrize("name", ["gmp", "acdc"])
+def test_gmp_and_acdc_refuse_a_mask_that_is_not_dense(name):
+  params = _params()
+  schedule, dense = _schedules(params)[name]
+  sparse = masks_lib.create_masks(KEY, params, 0.8, distribution="uniform")
+  with pytest.raises(ValueError, match=r"'a/kernel' keeps 40 of 200 entries where the schedule "
+                                       r"needs 200; 'b/kernel' keeps 10 of 50 entries"):
+    sparsity.sparse_training(optax.sgd(0.1), schedule, sparse).init(params)
+  masked_bias = {**dense, "a": {**dense["a"], "bias": dense["a"]["bias"].at[3].set(False)}}
+  with pytest.raises(ValueError, match=r"'a/bias' keeps 9 of 10 entries where the schedule "
+                                       r"needs 10"):
+    sparsity.sparse_training(optax.sgd(0.1), schedule, masked_bias).init(params)
+  sparsity.sparse_training(optax.sgd(0.1), schedule, dense).init(params)
+  # uint8 masks and leaves given as one scalar, broadcast to the parameters' shapes.
+  sparsity.sparse_training(optax.sgd(0.1), schedule,
+                           jax.tree.map(lambda _: np.uint8(1), params)).init(params)
+
+
+def test_a_static_schedule_takes_any_mask_and_the_check_can_be_skipped():
+  params = _params()
+  any_masks = [masks_lib.create_masks(KEY, params, 0.8, distribution="uniform"),
+               masks_lib.create_masks(KEY, params, 0.5),
+               jax.tree.map(lambda x: jnp.zeros(x.shape, bool), params)]
+  for m in any_masks:
+    sparsity.sparse_training(optax.sgd(0.1), sparsity.static(), m).init(params)
+  rigl = sparsity.rigl(params, sparsity=0.8, end_step=10)
+  sparsity.sparse_training(optax.sgd(0.1), rigl, any_masks[0], check_masks=False).init(params)
+
+  @jax.jit
+  def init_from_traced_masks(m):  # masks only known under jit: cannot be counted, not checked
+    return sparsity.sparse_training(optax.sgd(0.1), rigl, m).init(params).count
+
+  init_from_traced_masks(any_masks[0])
+
+
+def test_a_schedule_states_its_own_requirement_on_the_starting_mask():
+  """How structured masks (N:M, channels, blocks) will state theirs: a requirement per leaf,
+  called with the leaf's mask; its message names what is wrong, the check names the leaf."""
+  params = _params()
+
+  def two_of_four(mask):  # an N:M pattern: 2 kept in every 4 consecutive entries (flat order)
+    if (mask.reshape(-1, 4).sum(axis=1) != 2).any():
+      return "is not 2:4 in flat order"
+    return None
+
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  schedule = sparsity.rigl(params, sparsity=0.5, end_step=10)._replace(start_requirements=tuple(
+      two_of_four if masks_lib.path_str(p) == "a/kernel" else None for p, _ in flat))
+  masks = {"a": {"kernel": np.tile([True, True, False, False], 50).reshape(20, 10),
+                 "bias": np.ones(10, bool)},
+           "b": {"kernel": np.zeros((10, 5), bool)}}  # no requirement: anything goes
+  sparsity.check_start_masks(schedule, masks, params)
+  kernel = masks["a"]["kernel"].ravel().copy()
+  kernel[2], kernel[4] = True, False  # the same count: groups of 3 and 1 kept
+  masks["a"]["kernel"] = kernel.reshape(20, 10)
+  with pytest.raises(ValueError, match=r"'a/kernel' is not 2:4 in flat order"):
+    sparsity.sparse_training(optax.sgd(0.1), schedule, masks).init(params)
