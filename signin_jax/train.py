@@ -135,14 +135,16 @@ def _sgd_with_weight_decay(learning_rate, weight_decay, momentum, nesterov):
 
 
 def create_optimizer(config, *, steps_per_epoch: int, num_steps: int, masks=None,
-                     params=None, key=None) -> optax.GradientTransformation:
+                     params=None, key=None,
+                     check_masks: bool = True) -> optax.GradientTransformation:
   """The run's optimizer; the kinds of run share everything but the wrapping.
 
   The SGD hyperparameters are injected (``optax.inject_hyperparams``) so the learning rate in
   use is part of the optimizer state and can be logged (see :func:`current_learning_rate`).
   With ``masks`` (a sparse run) the optimizer is ``sparsity.sparse_training`` around it, with
   ``config.schedule``'s schedule built on ``params`` (needed unless the schedule is 'static')
-  and ``key`` for random growth ('set').
+  and ``key`` for random growth ('set'); its ``init`` checks ``masks`` against the schedule
+  unless ``check_masks`` is False (``sparsity.sparse_training``).
   """
   inner = optax.inject_hyperparams(_sgd_with_weight_decay, static_args=("nesterov",))(
       learning_rate=learning_rate_schedule(
@@ -170,7 +172,7 @@ def create_optimizer(config, *, steps_per_epoch: int, num_steps: int, masks=None
       warmup=config.schedule.warmup, phase=config.schedule.phase, final=config.schedule.final,
       distribution=config.mask.distribution, scope=config.mask.scope,
       dense=tuple(config.mask.dense_layers))
-  return sparsity_lib.sparse_training(tx, schedule, masks, key=key)
+  return sparsity_lib.sparse_training(tx, schedule, masks, key=key, check_masks=check_masks)
 
 
 def _beta_at_weight_scale(beta: float, path, theta) -> jax.Array:
@@ -614,9 +616,10 @@ class RunStart(NamedTuple):
   state: TrainState  # Step 0: masked parameters and the optimizer's initial state.
 
 
-def create_run_start(config: ml_collections.ConfigDict) -> RunStart:
+def create_run_start(config: ml_collections.ConfigDict, *, check_masks: bool = True) -> RunStart:
   """The model, masks, optimizer and initial state of a run, as :func:`train_and_evaluate`
-  (and the benchmarks, to measure exactly what it runs) builds them."""
+  (and the benchmarks, to measure exactly what it runs) builds them. ``check_masks``: refuse
+  initial masks the schedule cannot start from (False for a run that resumes)."""
   dataset = input_pipeline.DATASETS[config.dataset]
   steps_per_epoch = input_pipeline.steps_per_epoch(
       config.dataset, config.batch_size, data_dir=config.data_dir,
@@ -650,7 +653,8 @@ def create_run_start(config: ml_collections.ConfigDict) -> RunStart:
                          batch_stats=batch_stats, input_shape=input_shape,
                          sample_batch=sample_batch)
   tx = create_optimizer(config, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
-                        masks=masks, params=params, key=jax.random.fold_in(mask_key, 1))
+                        masks=masks, params=params, key=jax.random.fold_in(mask_key, 1),
+                        check_masks=check_masks)
 
   def masked_init(params, masks):
     if masks is not None:
@@ -697,7 +701,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   config_validation.validate_environment(config, device_count=jax.device_count())
   started = time.time()
   workdir = _prepare_workdir(config, workdir)
-  run = create_run_start(config)  # Model, masks, optimizer, state: functions of the seed.
+  # Model, masks, optimizer, state: functions of the seed. Only a fresh start checks its masks
+  # against the schedule: a resumed run's masks come from its checkpoint.
+  fresh = not checkpointing.finished_steps(os.path.join(workdir, "checkpoints"))
+  run = create_run_start(config, check_masks=fresh)
   manager = checkpointing.create_manager(os.path.join(workdir, "checkpoints"),
                                          keep=config.keep_checkpoints)
   closers = [manager.close]
