@@ -367,6 +367,26 @@ def test_gmp_keeps_only_kept_entries_even_when_a_kept_weight_is_nan():
   assert new.sum() == keep
 
 
+def test_acdc_global_scope_keeps_the_largest_magnitudes_across_layers():
+  """scope='global' (Peste et al. prune globally) crashed before issue 17's fix (a jnp.sum of
+  a list of traced counts); the sparse phase keeps the top |theta| over both kernels."""
+  params = _params()
+  schedule = sparsity.acdc(params, sparsity=0.8, num_steps=30, warmup_steps=5, phase_steps=4,
+                           final_sparse_steps=6, distribution="uniform", scope="global")
+  new_masks = jax.jit(schedule.new_masks)
+  sparse = new_masks(0, 6, sparsity.dense_masks(params), params, params, KEY)
+  magnitudes = np.abs(np.concatenate([np.asarray(params["a"]["kernel"]).ravel(),
+                                      np.asarray(params["b"]["kernel"]).ravel()]))
+  want = np.zeros(250, bool)
+  want[np.argsort(-magnitudes, kind="stable")[:50]] = True  # 20 % of the 250 kernel weights
+  got = np.concatenate([np.asarray(sparse["a"]["kernel"]).ravel(),
+                        np.asarray(sparse["b"]["kernel"]).ravel()])
+  np.testing.assert_array_equal(got, want)
+  assert bool(jnp.all(sparse["a"]["bias"]))
+  dense = new_masks(1, 10, sparse, params, params, KEY)  # the next phase is dense
+  assert all(bool(jnp.all(m)) for m in jax.tree.leaves(dense))
+
+
 def test_gmp_refuses_an_initial_sparsity_above_the_target():
   with pytest.raises(ValueError, match="initial_sparsity"):
     sparsity.gmp(_params(), sparsity=0.5, initial_sparsity=0.8, start_step=0, end_step=10)
