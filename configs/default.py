@@ -95,7 +95,8 @@ def get_config() -> ml_collections.ConfigDict:
   # and magnitudes 'init', 'learned' (the source's |theta| at magnitudes_epoch) or 'random'
   # (an independent init draw). The source must have exported those epochs (export_epochs
   # below; -1 is final_weights.npz); config.sparsity must equal its mask's. Schedules: 'static',
-  # or 'rigl' / 'set' starting from the transferred mask.
+  # or 'rigl' / 'set' starting from the transferred mask, which then must have config.mask's
+  # per-layer budget counts (a fresh start refuses other counts, naming the layer).
   config.init_from = ml_collections.ConfigDict()
   config.init_from.workdir = config_dict.placeholder(str)  # None: an ordinary fresh start.
   config.init_from.mask_epoch = -1

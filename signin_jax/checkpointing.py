@@ -77,6 +77,12 @@ def create_manager(directory: str, *, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(directory, item_names=ITEMS, options=options)
 
 
+def finished_steps(directory: str) -> list:
+  """The steps of the finished checkpoints in ``directory`` ([] if there is none), read without
+  creating a manager (which removes unfinished saves)."""
+  return sorted(ocp.utils.checkpoint_steps(directory))
+
+
 def _as_uint32(x: jax.Array) -> jax.Array:
   """The elements' bit patterns widened to uint32 (one or more words per element)."""
   if x.dtype == jnp.bool_:

@@ -21,7 +21,7 @@ import contextlib
 import math
 import numbers
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -161,6 +161,31 @@ def layer_densities(params, sparsity: float, distribution: str = "erk", *, where
       [0, 1], a `dense`/`overrides` regex that matches no prunable leaf, a layer fixed twice,
       or fixed layers that alone exceed (or cannot reach) the budget.
   """
+  treedef, flags, sizes, nnz, _ = _budget(params, sparsity, distribution, where, dense,
+                                          overrides, erk_power_scale)
+  return treedef.unflatten([nnz[i] / sizes[i] if f else 1.0 for i, f in enumerate(flags)])
+
+
+def layer_counts(params, sparsity: float, distribution: str = "erk", *, where=None,
+                 dense: LayerSelector = (), overrides: Optional[Dict[str, float]] = None,
+                 erk_power_scale: float = 1.0) -> Tuple[List[int], List[float]]:
+  """:func:`layer_densities`' budget as counts, per prunable leaf in tree order.
+
+  Returns:
+    ``(counts, quotas)``: the integer kept counts ``nnz_l`` (``round(density_l * n_l)``, what
+    :func:`masks_from_scores` keeps; they add up to ``K`` exactly) and the real counts before
+    rounding (``eps * raw_l * n_l``; ``nnz_l`` itself for the dense, overridden and saturated
+    layers). Same arguments and errors as :func:`layer_densities`.
+  """
+  _, flags, _, nnz, quotas = _budget(params, sparsity, distribution, where, dense, overrides,
+                                     erk_power_scale)
+  prunable_leaves = [i for i, f in enumerate(flags) if f]
+  return [nnz[i] for i in prunable_leaves], [quotas[i] for i in prunable_leaves]
+
+
+def _budget(params, sparsity, distribution, where, dense, overrides, erk_power_scale):
+  """(treedef, flags, sizes, nnz, quotas) of :func:`layer_densities`: sizes, nnz and quotas
+  are dicts over the prunable leaves' indices."""
   _check_sparsity(sparsity)
   _check_choice("distribution", distribution, DISTRIBUTIONS)
   if not _is_number(erk_power_scale):
@@ -205,9 +230,10 @@ def layer_densities(params, sparsity: float, distribution: str = "erk", *, where
       break
     saturated |= newly
   nnz.update({i: sizes[i] for i in saturated})
-  nnz.update(_largest_remainder({i: eps * raw[i] * sizes[i] for i in rest},
-                                sizes, left))
-  return treedef.unflatten([nnz[i] / sizes[i] if f else 1.0 for i, f in enumerate(flags)])
+  exact = {i: eps * raw[i] * sizes[i] for i in rest}
+  quotas = {**{i: float(n) for i, n in nnz.items()}, **exact}
+  nnz.update(_largest_remainder(exact, sizes, left))
+  return treedef, flags, sizes, nnz, quotas
 
 
 # --- scores (higher = keep) ------------------------------------------------------------------

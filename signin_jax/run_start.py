@@ -167,9 +167,10 @@ class RunStart(NamedTuple):
   state: train_steps.TrainState  # Step 0: masked parameters and the optimizer's initial state.
 
 
-def create_run_start(config: ml_collections.ConfigDict) -> RunStart:
+def create_run_start(config: ml_collections.ConfigDict, *, check_masks: bool = True) -> RunStart:
   """The model, masks, optimizer and initial state of a run, as ``train.train_and_evaluate``
-  (and the benchmarks, to measure exactly what it runs) builds them."""
+  (and the benchmarks, to measure exactly what it runs) builds them. ``check_masks``: refuse
+  initial masks the schedule cannot start from (False for a run that resumes)."""
   dataset = input_pipeline.DATASETS[config.dataset]
   steps_per_epoch = input_pipeline.steps_per_epoch(
       config.dataset, config.batch_size, data_dir=config.data_dir,
@@ -204,7 +205,8 @@ def create_run_start(config: ml_collections.ConfigDict) -> RunStart:
                          batch_stats=batch_stats, input_shape=input_shape,
                          sample_batch=sample_batch)
   tx = train_steps.create_optimizer(config, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
-                        masks=masks, params=params, key=jax.random.fold_in(mask_key, 1))
+                        masks=masks, params=params, key=jax.random.fold_in(mask_key, 1),
+                        check_masks=check_masks)
 
   def masked_init(params, masks):
     if masks is not None:

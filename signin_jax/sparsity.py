@@ -21,6 +21,9 @@ counts, the trainer converts its fractions of a run into them):
 * :func:`rigl`: drop by magnitude, grow by gradient magnitude (Evci et al. 2020).
 * :func:`set_evolution`: SET, drop by magnitude, grow at random (Mocanu et al. 2018).
 
+``init`` refuses starting masks the schedule cannot start from (:func:`check_start_masks`):
+RigL and SET need each layer's count of their budget, GMP and AC/DC the dense network.
+
 One update at step ``t`` (``t`` = 1 for the first update), for a schedule that changes masks
 at ``t``::
 
@@ -68,11 +71,23 @@ class MaskSchedule(NamedTuple):
       ``update_steps[index]`` (all traced but the shapes); masks are bool trees like params.
     target_counts: ``[len(update_steps), num_prunable_leaves]`` int array: the number of kept
       entries of each prunable leaf after each update (the leaves in tree order).
+    start_requirements: what a starting mask must be, checked by :func:`check_start_masks`:
+      per leaf of params (tree order) a :data:`MaskRequirement` or None (anything goes), or
+      None for any mask ('static'). The schedules here require each prunable leaf's kept count
+      (:func:`kept_count`) and all-True masks at the leaves they do not prune; a structured
+      schedule (N:M, channels, blocks) states its own pattern as a requirement.
   """
   name: str
   update_steps: tuple
   new_masks: Optional[Callable]
   target_counts: np.ndarray
+  start_requirements: Optional[tuple] = None
+
+
+# A requirement on one leaf's starting mask: ``mask -> None`` if the mask (numpy bool, the
+# parameter's shape) may start the schedule, else what is wrong with it, as a phrase that
+# follows the leaf's path ("keeps 3,000 of 27,000 entries where ...").
+MaskRequirement = Callable[[np.ndarray], Optional[str]]
 
 
 class SparseTrainingState(NamedTuple):
@@ -97,6 +112,75 @@ def static() -> MaskSchedule:
   return MaskSchedule("static", (), None, np.zeros((0, 0), np.int64))
 
 
+def kept_count(required: int) -> MaskRequirement:
+  """The requirement that a starting mask keeps exactly ``required`` entries."""
+
+  def requirement(mask):
+    kept = int(np.count_nonzero(mask))
+    if kept != required:
+      return f"keeps {kept:,} of {mask.size:,} entries where the schedule needs {required:,}"
+    return None
+
+  return requirement
+
+
+def _kept_counts_required(params, where, counts) -> tuple:
+  """Per leaf of params: keep ``counts`` (prunable leaves, in order), every entry elsewhere."""
+  it = iter(counts)
+  return tuple(kept_count(next(it) if f else math.prod(jnp.shape(x)))
+               for x, f in zip(jax.tree.leaves(params),
+                               jax.tree.leaves(masks_lib.prunable(params, where))))
+
+
+_START_HINTS = {
+    "gmp": "GMP starts from the dense network: sparsity.dense_masks(params)",
+    "acdc": "AC/DC starts from the dense network: sparsity.dense_masks(params)",
+    "rigl": "RigL keeps each layer's count of masks.layer_densities(params, sparsity, "
+            "distribution): build the mask with masks.create_masks and the schedule's "
+            "sparsity, distribution and dense layers, scope='layer'",
+}
+_START_HINTS["set"] = _START_HINTS["rigl"].replace("RigL", "SET")
+
+
+def check_start_masks(schedule: MaskSchedule, masks, params) -> None:
+  """Refuses masks that cannot start ``schedule`` (its ``start_requirements``).
+
+  RigL and SET keep the schedule's per-layer counts, not the mask's: from a mask with other
+  counts their first update would fill the difference with inactive entries in flat-index
+  order. GMP and AC/DC assume a dense start. ``masks`` is a bool or uint8 tree like params
+  (leaves broadcast to the parameters' shapes); only ``jnp.shape`` of ``params`` is read, so
+  they may be traced. Masks that are traced themselves cannot be counted: nothing is checked.
+
+  Raises:
+    ValueError: naming every leaf (path as :func:`masks.path_str`) whose mask fails its
+      requirement, with what is wrong (for counts: the mask's and the schedule's).
+  """
+  if schedule.start_requirements is None:
+    return
+  with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+  try:
+    mask_leaves = [np.asarray(m) for m in treedef.flatten_up_to(masks)]
+  except jax.errors.TracerArrayConversionError:
+    return  # Traced masks (sparse_training built under jit): their counts are not known here.
+  problems = []
+  for (path, p), m, requirement in zip(with_path, mask_leaves, schedule.start_requirements):
+    if requirement is None:
+      continue
+    name = masks_lib.path_str(path)
+    try:
+      m = np.broadcast_to(m.astype(bool), jnp.shape(p))
+    except ValueError:
+      raise ValueError(f"sparse_training: the mask of {name!r} has shape {m.shape}, the "
+                       f"parameter {tuple(jnp.shape(p))}.") from None
+    problem = requirement(m)
+    if problem:
+      problems.append(f"{name!r} {problem}")
+  if problems:
+    hint = _START_HINTS.get(schedule.name)
+    raise ValueError(f"sparse_training: the starting mask cannot start the {schedule.name!r} "
+                     f"schedule: {'; '.join(problems)}." + (f" {hint}." if hint else ""))
+
+
 def _prunable_sizes(params, where):
   leaves = jax.tree.leaves(params)
   flags = jax.tree.leaves(masks_lib.prunable(params, where))
@@ -105,11 +189,29 @@ def _prunable_sizes(params, where):
 
 def _counts_at(params, sparsity, distribution, where, dense):
   """Exact kept counts per prunable leaf at `sparsity` (masks.layer_densities' budget)."""
-  densities = jax.tree.leaves(masks_lib.layer_densities(
-      params, sparsity, distribution, where=where, dense=dense))
-  flags = jax.tree.leaves(masks_lib.prunable(params, where))
-  sizes = _prunable_sizes(params, where)
-  return [round(d * n) for d, n in zip([d for d, f in zip(densities, flags) if f], sizes)]
+  return masks_lib.layer_counts(params, sparsity, distribution, where=where, dense=dense)[0]
+
+
+def _never_growing(rows, quotas) -> np.ndarray:
+  """The count table ``rows`` with no layer's count ever rising from one update to the next,
+  each row's total kept, and the last row unchanged.
+
+  Each row rounds its real quotas by largest remainder, which keeps the total exact but can
+  raise a layer's count by one while its quota falls (the Alabama paradox): a pruned weight
+  would come back. From the last row back, row ``u`` becomes ``max(rows[u], row[u + 1])`` and
+  whatever that adds to its total is taken back one weight at a time from the layer furthest
+  above its quota among those still above ``row[u + 1]`` (ties: the later layer). There are
+  enough (``row[u + 1]`` holds at most row ``u``'s total), and rows that never grow are kept.
+  """
+  table = np.array(rows, np.int64)
+  quotas = np.asarray(quotas, np.float64)
+  for u in range(len(table) - 2, -1, -1):
+    row, floor = np.maximum(table[u], table[u + 1]), table[u + 1]
+    for _ in range(int(row.sum() - table[u].sum())):
+      over = np.where(row > floor, row - quotas[u], -np.inf)
+      row[len(row) - 1 - int(np.argmax(over[::-1]))] -= 1
+    table[u] = row
+  return table
 
 
 def _check_steps(name, **steps):
@@ -130,7 +232,7 @@ def _with_prunable(leaves, treedef, flags, new):
 
 def _top_k_masks(scores, counts, scope):
   if scope == "global":
-    return masks_lib._top_counts(scores, [jnp.sum(counts)], "global")  # pylint: disable=protected-access
+    return masks_lib._top_counts(scores, [sum(counts)], "global")  # pylint: disable=protected-access
   return [masks_lib._top_k_mask(s, k) for s, k in zip(scores, counts)]  # pylint: disable=protected-access
 
 
@@ -148,9 +250,14 @@ def gmp(params, *, sparsity: float, start_step: int, end_step: int, update_every
   target is reached exactly there). Each update keeps the largest ``|theta|`` among the kept
   weights: layer by layer with the counts of ``masks.layer_densities(params, s_t,
   distribution)`` (``scope='layer'``), or across the prunable layers with the same total
-  (``scope='global'``). Pruned weights stay pruned. Zhu and Gupta prune every 100 to 1000 steps;
-  ``update_every=100`` is their finest period. Start from all-True masks
-  (:func:`dense_masks`) and ``initial_sparsity=0``.
+  (``scope='global'``). Pruned weights stay pruned: a layer's count never rises from one
+  update to the next (where rounding each update's budget on its own would raise it by one,
+  the table is adjusted, see :func:`_never_growing`; every update's total is still
+  ``round((1 - s_t) * N)`` and the last update's counts are the budget's at ``sparsity``), and
+  an update keeps only entries that are kept (a NaN weight ranks below the other kept ones).
+  Zhu and Gupta prune every 100 to 1000 steps; ``update_every=100`` is their finest period.
+  Start from all-True masks (:func:`dense_masks`; :func:`sparse_training` checks it) and
+  ``initial_sparsity=0``.
   """
   _check_steps("gmp", start_step=start_step, end_step=end_step)
   if update_every < 1 or end_step <= start_step:
@@ -158,28 +265,37 @@ def gmp(params, *, sparsity: float, start_step: int, end_step: int, update_every
                      f"update_every={update_every}, start_step={start_step}, end_step={end_step}.")
   masks_lib._check_sparsity(initial_sparsity)  # pylint: disable=protected-access
   masks_lib._check_choice("scope", scope, masks_lib.SCOPES)  # pylint: disable=protected-access
+  if not initial_sparsity <= sparsity:
+    raise ValueError(f"gmp: initial_sparsity must be <= sparsity (GMP only prunes), got "
+                     f"initial_sparsity={initial_sparsity}, sparsity={sparsity}.")
   steps = list(range(max(start_step, 1), end_step + 1, update_every))
   if not steps or steps[-1] != end_step:
     steps.append(end_step)
   span = end_step - start_step
   sparsities = [sparsity + (initial_sparsity - sparsity) * (1 - (t - start_step) / span) ** 3
                 for t in steps]
-  table = np.asarray([_counts_at(params, s, distribution, where, dense) for s in sparsities],
-                     np.int64)
+  budgets = [masks_lib.layer_counts(params, s, distribution, where=where, dense=dense)
+             for s in sparsities]
+  table = _never_growing([c for c, _ in budgets], [q for _, q in budgets])
   flags = jax.tree.leaves(masks_lib.prunable(params, where))
+  lowest = jnp.finfo(jnp.float32).min  # Above -inf: a kept NaN weight ranks above the pruned.
 
   def new_masks(index, t, masks, params, grads, key):
     del t, grads, key
     mask_leaves, all_masks, treedef = _split_prunable(masks, flags)
     thetas, _, _ = _split_prunable(params, flags)
-    # Kept weights by |theta|; pruned ones never come back (-inf ranks below every weight).
-    scores = [jnp.where(m, jnp.abs(p).astype(jnp.float32), -jnp.inf)
-              for m, p in zip(mask_leaves, thetas)]
+    # Kept weights by |theta|; pruned ones rank below every kept one (-inf), and the top-k is
+    # intersected with the mask, so they never come back whatever the counts.
+    magnitudes = [jnp.abs(p).astype(jnp.float32) for p in thetas]
+    scores = [jnp.where(m, jnp.where(jnp.isnan(a), lowest, a), -jnp.inf)
+              for m, a in zip(mask_leaves, magnitudes)]
     counts = jnp.asarray(table)[index]
+    top = _top_k_masks(scores, [counts[i] for i in range(len(scores))], scope)
     return _with_prunable(all_masks, treedef, flags,
-                          _top_k_masks(scores, [counts[i] for i in range(len(scores))], scope))
+                          [k & m for k, m in zip(top, mask_leaves)])
 
-  return MaskSchedule("gmp", tuple(steps), new_masks, table)
+  return MaskSchedule("gmp", tuple(steps), new_masks, table,
+                      _kept_counts_required(params, where, _prunable_sizes(params, where)))
 
 
 def acdc(params, *, sparsity: float, num_steps: int, warmup_steps: int, phase_steps: int,
@@ -235,7 +351,8 @@ def acdc(params, *, sparsity: float, num_steps: int, warmup_steps: int, phase_st
     new = [jnp.where(sparse_flags[index], m, jnp.ones_like(m)) for m in top]
     return _with_prunable(all_masks, treedef, flags, new)
 
-  return MaskSchedule("acdc", tuple(steps), new_masks, table)
+  return MaskSchedule("acdc", tuple(steps), new_masks, table,
+                      _kept_counts_required(params, where, dense_counts))
 
 
 def drop_fraction_at(t, *, drop_fraction: float, start_step: int, end_step: int,
@@ -284,7 +401,8 @@ def _prune_and_grow(name, params, *, sparsity, update_every, end_step, start_ste
       new.append(kept | masks_lib._top_k_mask(score, n_drop))  # pylint: disable=protected-access
     return _with_prunable(all_masks, treedef, flags, new)
 
-  return MaskSchedule(name, steps, new_masks, table)
+  return MaskSchedule(name, steps, new_masks, table,
+                      _kept_counts_required(params, where, counts))
 
 
 def rigl(params, *, sparsity: float, end_step: int, update_every: int = 100,
@@ -298,9 +416,9 @@ def rigl(params, *, sparsity: float, end_step: int, update_every: int = 100,
   dense (unmasked) gradient; grown weights start at 0. ``f`` is :func:`drop_fraction_at`. Each
   layer keeps exactly its count of ``masks.layer_densities(params, sparsity, distribution)``,
   so start from a mask with those counts (``masks.create_masks`` with the same arguments and
-  ``scope='layer'``). Defaults from the paper: ``update_every=100`` (Delta T),
-  ``drop_fraction=0.3`` (alpha), cosine annealing; the paper's ``end_step`` is 75 % of
-  training. Ties go to the lower flat index.
+  ``scope='layer'``; :func:`sparse_training` refuses others). Defaults from the paper:
+  ``update_every=100`` (Delta T), ``drop_fraction=0.3`` (alpha), cosine annealing; the
+  paper's ``end_step`` is 75 % of training. Ties go to the lower flat index.
   """
   return _prune_and_grow(
       "rigl", params, sparsity=sparsity, update_every=update_every, end_step=end_step,
@@ -377,7 +495,8 @@ def dense_masks(params) -> PyTree:
 # --- the transformation ------------------------------------------------------------------------
 
 def sparse_training(tx: optax.GradientTransformation, schedule: MaskSchedule, masks,
-                    *, key: Optional[jax.Array] = None) -> optax.GradientTransformationExtraArgs:
+                    *, key: Optional[jax.Array] = None,
+                    check_masks: bool = True) -> optax.GradientTransformationExtraArgs:
   """Trains with ``tx`` under masks that ``schedule`` changes (see the module docstring).
 
   Args:
@@ -387,6 +506,13 @@ def sparse_training(tx: optax.GradientTransformation, schedule: MaskSchedule, ma
     masks: the initial masks (bool or uint8 tree like params); ``init`` applies nothing to the
       params, so pass params that are already ``masks.apply_mask``-ed.
     key: PRNG key for random growth (needed by :func:`set_evolution`).
+    check_masks: ``init`` refuses ``masks`` that cannot start ``schedule``
+      (:func:`check_start_masks`: RigL and SET need the schedule's per-layer counts, GMP and
+      AC/DC all-True masks; 'static' takes any mask) with a ValueError naming the layer and
+      both counts. The counts are numpy counts of ``masks`` as given here, so the check also
+      runs when ``init`` is traced under jit (only the params' shapes are read); masks that
+      are themselves traced are not checked. Pass False where the masks in use will come from
+      elsewhere, e.g. a run that resumes from a checkpoint.
 
   Every update: gradients at masked entries are zeroed before ``tx`` (so they reach neither its
   state nor a global-norm clip), ``tx`` gets ``params`` and any extra arguments, and the
@@ -400,6 +526,8 @@ def sparse_training(tx: optax.GradientTransformation, schedule: MaskSchedule, ma
   update_steps = jnp.asarray(schedule.update_steps or (0,), jnp.int32)
 
   def init_fn(params):
+    if check_masks:
+      check_start_masks(schedule, masks, params)
     return SparseTrainingState(
         count=jnp.zeros([], jnp.int32),
         masks=jax.tree.map(lambda m, p: jnp.broadcast_to(jnp.asarray(m).astype(bool),

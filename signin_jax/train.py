@@ -117,7 +117,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   config_validation.validate_environment(config, device_count=jax.device_count())
   started = time.time()
   workdir = _prepare_workdir(config, workdir)
-  run = run_start.create_run_start(config)  # Model, masks, optimizer, state: functions of the seed.
+  # Model, masks, optimizer, state: functions of the seed. Only a fresh start checks its masks
+  # against the schedule: a resumed run's masks come from its checkpoint.
+  fresh = not checkpointing.finished_steps(os.path.join(workdir, "checkpoints"))
+  run = run_start.create_run_start(config, check_masks=fresh)
   manager = checkpointing.create_manager(os.path.join(workdir, "checkpoints"),
                                          keep=config.keep_checkpoints)
   closers = [manager.close]

@@ -60,14 +60,16 @@ def _sgd_with_weight_decay(learning_rate, weight_decay, momentum, nesterov):
 
 
 def create_optimizer(config, *, steps_per_epoch: int, num_steps: int, masks=None,
-                     params=None, key=None) -> optax.GradientTransformation:
+                     params=None, key=None,
+                     check_masks: bool = True) -> optax.GradientTransformation:
   """The run's optimizer; the kinds of run share everything but the wrapping.
 
   The SGD hyperparameters are injected (``optax.inject_hyperparams``) so the learning rate in
   use is part of the optimizer state and can be logged (see :func:`current_learning_rate`).
   With ``masks`` (a sparse run) the optimizer is ``sparsity.sparse_training`` around it, with
   ``config.schedule``'s schedule built on ``params`` (needed unless the schedule is 'static')
-  and ``key`` for random growth ('set').
+  and ``key`` for random growth ('set'); its ``init`` checks ``masks`` against the schedule
+  unless ``check_masks`` is False (``sparsity.sparse_training``).
   """
   inner = optax.inject_hyperparams(_sgd_with_weight_decay, static_args=("nesterov",))(
       learning_rate=learning_rate_schedule(
@@ -95,7 +97,7 @@ def create_optimizer(config, *, steps_per_epoch: int, num_steps: int, masks=None
       warmup=config.schedule.warmup, phase=config.schedule.phase, final=config.schedule.final,
       distribution=config.mask.distribution, scope=config.mask.scope,
       dense=tuple(config.mask.dense_layers))
-  return sparsity_lib.sparse_training(tx, schedule, masks, key=key)
+  return sparsity_lib.sparse_training(tx, schedule, masks, key=key, check_masks=check_masks)
 
 
 def _beta_at_weight_scale(beta: float, path, theta) -> jax.Array:

@@ -24,6 +24,8 @@ import pytest
 from configs import fashion_mnist_quickstart
 from signin_jax import checkpointing
 from signin_jax import input_pipeline
+from signin_jax import masks as masks_lib
+from signin_jax import sparsity
 from signin_jax import train
 from tests import tfds_mock
 
@@ -200,6 +202,36 @@ def test_resume_across_a_mask_update_is_bitwise(method, tmp_path):
   with open(os.path.join(resumed, "metrics.jsonl")) as f:
     logged = [json.loads(line) for line in f]
   assert logged[0]["step"] > 10  # It did resume, from step 10.
+
+
+@pytest.mark.slow
+def test_a_fresh_start_checks_its_masks_and_a_resumed_run_does_not(tmp_path, monkeypatch):
+  """RigL with the ERK budget from a uniform-budget mask: a fresh run is refused before it
+  trains, naming the layer; a run resumed from a checkpoint (whose masks are the ones in use),
+  here one written as by a version without the check, continues, bitwise as uninterrupted."""
+  config = tiny_config()
+  config.num_train_steps, config.keep_checkpoints = 20, 4
+  config.schedule.method, config.schedule.update_every_steps = "rigl", 5
+
+  def uniform_budget_masks(config, key, params, **unused):
+    return masks_lib.create_masks(key, params, config.sparsity, distribution="uniform")
+
+  monkeypatch.setattr(train, "create_masks", uniform_budget_masks)
+  with pytest.raises(ValueError, match=r"'dense1/kernel' keeps [\d,]+ of [\d,]+ entries where "
+                                       r"the schedule needs [\d,]+"):
+    run_in_process(tmp_path / "fresh", config)
+  assert not os.path.exists(os.path.join(tmp_path, "fresh", "checkpoints"))
+  old = str(tmp_path / "unchecked")
+  with monkeypatch.context() as unchecked:  # as a version without the check would run it
+    unchecked.setattr(sparsity, "check_start_masks", lambda *args: None)
+    run_in_process(old, config)
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(os.path.join(old, "checkpoints", "10"),
+                  os.path.join(resumed, "checkpoints", "10"))
+  run_in_process(resumed, config)
+  assert_bitwise_equal(final_weights(resumed), final_weights(old))
+  with open(os.path.join(resumed, "metrics.jsonl")) as f:
+    assert json.loads(f.readline())["step"] > 10  # It did resume, from step 10.
 
 
 def _tiny_state(value):

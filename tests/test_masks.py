@@ -126,6 +126,20 @@ def test_erk_reproduces_a_hand_computed_example_with_a_saturated_layer():
           == masks.layer_densities(params, 0.6, "uniform"))
 
 
+def test_layer_counts_are_the_budget_before_and_after_rounding():
+  # The hand-computed example above: a and b share 338 weights after c saturates, eps = 338/116.
+  params = {"a": jnp.zeros((3, 3, 2, 4)), "b": jnp.zeros((4, 100)), "c": jnp.zeros((100, 2)),
+            "bias": jnp.zeros(100)}
+  counts, quotas = masks.layer_counts(params, 0.2, "erk")  # prunable leaves a, b, c
+  assert counts == [35, 303, 200]
+  np.testing.assert_allclose(quotas, [12 * 338 / 116, 104 * 338 / 116, 200.0], rtol=1e-12)
+  # Dense and overridden layers: their counts exactly; the one free layer takes the rest.
+  counts, quotas = masks.layer_counts(_params(), 0.5, "erk", dense=("conv1",),
+                                      overrides={"dense/kernel": 0.5})
+  assert counts == [432, round(0.5 * (432 + 4608 + 320)) - 432 - 160, 160]
+  np.testing.assert_allclose(quotas, counts, rtol=1e-12)
+
+
 @pytest.mark.parametrize("distribution", masks.DISTRIBUTIONS)
 def test_free_layers_follow_the_formula_within_one_weight(distribution):
   params = _params()
