@@ -25,6 +25,7 @@ from configs import fashion_mnist_quickstart
 from signin_jax import checkpointing
 from signin_jax import input_pipeline
 from signin_jax import masks as masks_lib
+from signin_jax import run_start
 from signin_jax import sparsity
 from signin_jax import train
 from tests import tfds_mock
@@ -216,7 +217,7 @@ def test_a_fresh_start_checks_its_masks_and_a_resumed_run_does_not(tmp_path, mon
   def uniform_budget_masks(config, key, params, **unused):
     return masks_lib.create_masks(key, params, config.sparsity, distribution="uniform")
 
-  monkeypatch.setattr(train, "create_masks", uniform_budget_masks)
+  monkeypatch.setattr(run_start, "create_masks", uniform_budget_masks)
   with pytest.raises(ValueError, match=r"'dense1/kernel' keeps [\d,]+ of [\d,]+ entries where "
                                        r"the schedule needs [\d,]+"):
     run_in_process(tmp_path / "fresh", config)
