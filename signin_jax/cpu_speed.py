@@ -4,25 +4,31 @@
    (the leading ``-`` removes one type from XLA's default list). jaxlib 0.10.2 sends most
    convolutions of a train step (45 of ResNet-20's 62, every weight-gradient one among them) to
    its new YNNPACK path, which is slow on this project's machines; the flag sends them back to
-   XLA's own convolutions. Float rounding differs (the gradient at initialization by ~1e-6
-   relative, far below float32's own error against float64: benchmarks/cpu_settings.py).
+   XLA's own convolutions. Float rounding differs: the gradient at initialization moves as far
+   as float32's own error against float64 (benchmarks/cpu_settings.py: ResNet-20 1.4e-3
+   relative, against 1.1e-3 between float32 and float64; the quickstart CNN 1.9e-7 against
+   4.7e-7).
    An XLA flag that the installed jaxlib does not know aborts the process, so it is added only
    for the jaxlib versions in ``YNN_FLAG_JAXLIB_VERSIONS`` (each checked to accept it).
 2. ``LD_PRELOAD`` gets tcmalloc (Debian ``libtcmalloc-minimal4``, installed by
    launch/install.sh), when it is installed. With glibc's malloc a train step's large temporary
    buffer (~235 MB for ResNet-20 at batch 128) is mapped afresh on every step (~57,000 page
-   faults a step); tcmalloc keeps it. Results are bitwise identical. ``LD_PRELOAD`` only takes
-   effect in a process that starts with it, so a script re-executes itself once
+   faults a step); tcmalloc keeps it. Results are bitwise identical. Without tcmalloc, glibc
+   (2.35 or later) gets ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (transparent huge pages for
+   its allocations), a weaker help that needs no install (1.19-1.32x against tcmalloc's
+   1.10-1.66x alone, by the same benchmark; also bitwise identical). Both only take effect in a
+   process that starts with them, so a script re-executes itself once
    (:func:`reexec_with_cpu_settings`).
 
 Only for a CPU run: ``JAX_PLATFORMS`` names only ``cpu``, or it is unset and no accelerator
 backend is installed (no module in JAX's ``jax_plugins`` namespace package or entry-point group,
 which is how the CUDA and ROCm plugins install; no ``libtpu``; no ``TPU_LIBRARY_PATH``; no
 ``+cuda``/``+rocm`` jaxlib build). On a machine with a GPU or TPU backend nothing changes (there,
-``JAX_PLATFORMS=cpu`` asks for the settings). A user's own ``XLA_FLAGS`` and ``LD_PRELOAD`` are
-kept and extended: the flag is not added if ``XLA_FLAGS`` already sets
-``--xla_cpu_experimental_ynn_fusion_type`` in any way, tcmalloc not if ``LD_PRELOAD`` already
-holds a malloc (tcmalloc, jemalloc, mimalloc).
+``JAX_PLATFORMS=cpu`` asks for the settings). A user's own ``XLA_FLAGS``, ``LD_PRELOAD`` and
+``GLIBC_TUNABLES`` are kept and extended: the flag is not added if ``XLA_FLAGS`` already sets
+``--xla_cpu_experimental_ynn_fusion_type`` in any way; neither tcmalloc nor the glibc tunable
+if ``LD_PRELOAD`` already holds a malloc (tcmalloc, jemalloc, mimalloc); the tunable not if
+``GLIBC_TUNABLES`` sets ``glibc.malloc.hugetlb``.
 
 Off: ``SIGNIN_JAX_CPU_SETTINGS=0`` in the environment (of main.py, tests/run.sh, sweeps).
 
@@ -59,6 +65,9 @@ YNN_FLAG = f"{YNN_FLAG_NAME}=-individual_convolution"
 YNN_FLAG_JAXLIB_VERSIONS = frozenset({"0.9.2", "0.10.0", "0.10.1", "0.10.2"})
 TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
 _OTHER_MALLOCS = re.compile(r"tcmalloc|jemalloc|mimalloc")
+HUGETLB_TUNABLE = "glibc.malloc.hugetlb=1"
+# Read by the dynamic loader and libc when a process starts: changing them needs a re-execution.
+_STARTUP_VARIABLES = ("LD_PRELOAD", "GLIBC_TUNABLES")
 # Set in the re-executed process to its pid (execve keeps the pid): that process does not
 # re-execute again, while its children (other pids) decide for themselves.
 _REEXEC_MARKER = "SIGNIN_JAX_CPU_SETTINGS_REEXECUTED"
@@ -83,6 +92,15 @@ def find_tcmalloc() -> Optional[str]:
       if os.path.isfile(path):
         return path
   return None
+
+
+def glibc_has_hugetlb_tunable() -> bool:
+  """Whether this process's C library is glibc 2.35 or later (glibc.malloc.hugetlb exists)."""
+  try:
+    name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+    return name == "glibc" and tuple(map(int, version.split(".")[:2])) >= (2, 35)
+  except (AttributeError, ValueError, OSError):
+    return False
 
 
 def _plugin_installed() -> Optional[str]:
@@ -116,11 +134,12 @@ def is_off(environ: Mapping[str, str]) -> bool:
 
 
 def settings(environ: Mapping[str, str], *, jaxlib: Optional[str], tcmalloc: Optional[str],
-             plugin: Optional[str] = None) -> Dict[str, str]:
+             plugin: Optional[str] = None, hugetlb: bool = False) -> Dict[str, str]:
   """The variables to set (with their full new values) for a run in `environ`.
 
   Pure: `jaxlib` is the installed jaxlib version, `tcmalloc` the library's path (None: absent),
-  `plugin` an installed accelerator backend's name (None: none).
+  `plugin` an installed accelerator backend's name (None: none), `hugetlb` whether glibc has
+  the hugetlb tunable (the fallback without tcmalloc).
   """
   if is_off(environ) or accelerator(environ, plugin):
     return {}
@@ -130,8 +149,13 @@ def settings(environ: Mapping[str, str], *, jaxlib: Optional[str], tcmalloc: Opt
   if jaxlib in YNN_FLAG_JAXLIB_VERSIONS and not user_set:
     changes["XLA_FLAGS"] = f"{flags.strip()} {YNN_FLAG}".strip()
   preload = environ.get("LD_PRELOAD", "")
-  if tcmalloc and not _OTHER_MALLOCS.search(preload):
+  if _OTHER_MALLOCS.search(preload):
+    return changes  # The user chose a malloc.
+  tunables = environ.get("GLIBC_TUNABLES", "")
+  if tcmalloc:
     changes["LD_PRELOAD"] = f"{preload.strip()} {tcmalloc}".strip()  # ld.so: space-separated.
+  elif hugetlb and "glibc.malloc.hugetlb=" not in tunables:
+    changes["GLIBC_TUNABLES"] = ":".join(filter(None, [tunables.strip(), HUGETLB_TUNABLE]))
   return changes
 
 
@@ -139,7 +163,8 @@ def current_settings(environ: Optional[Mapping[str, str]] = None) -> Dict[str, s
   """:func:`settings` for this machine."""
   environ = os.environ if environ is None else environ
   return settings(environ, jaxlib=jaxlib_version(), tcmalloc=find_tcmalloc(),
-                  plugin=None if environ.get("JAX_PLATFORMS") else _plugin_installed())
+                  plugin=None if environ.get("JAX_PLATFORMS") else _plugin_installed(),
+                  hugetlb=glibc_has_hugetlb_tunable())
 
 
 def environment(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
@@ -155,9 +180,11 @@ def without_settings(environ: Mapping[str, str]) -> Dict[str, str]:
   flags = [f for f in env.get("XLA_FLAGS", "").split() if f != YNN_FLAG]
   preload = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split()
              if os.path.basename(p) not in TCMALLOC_NAMES]
-  for name, kept in (("XLA_FLAGS", flags), ("LD_PRELOAD", preload)):
+  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and t != HUGETLB_TUNABLE]
+  for name, kept, separator in (("XLA_FLAGS", flags, " "), ("LD_PRELOAD", preload, " "),
+                                ("GLIBC_TUNABLES", tunables, ":")):
     if kept:
-      env[name] = " ".join(kept)
+      env[name] = separator.join(kept)
     else:
       env.pop(name, None)
   env.pop(_REEXEC_MARKER, None)
@@ -170,19 +197,23 @@ def reexec_with_cpu_settings() -> None:
 
   If they change nothing (already applied, turned off, not a CPU run) it returns. If only
   XLA_FLAGS changes, it sets it and returns (XLA reads it when JAX starts its backend).
-  Otherwise (LD_PRELOAD) it re-executes the same command line once with the new environment
-  (same pid, argv and interpreter options), printing one line to stderr that says so.
+  Otherwise (LD_PRELOAD or GLIBC_TUNABLES) it re-executes the same command line once with the
+  new environment (same pid, argv and interpreter options), printing one line to stderr that
+  says so.
   """
   if os.environ.get(_REEXEC_MARKER) == str(os.getpid()):
     return  # This is the re-executed process.
   changes = {k: v for k, v in current_settings().items() if os.environ.get(k) != v}
   if not changes:
     return
-  if "LD_PRELOAD" not in changes or not sys.executable or sys.argv[:1] in ([""], ["-"]):
-    changes.pop("LD_PRELOAD", None)  # Cannot re-execute (interactive, stdin): flags only.
+  startup = [k for k in _STARTUP_VARIABLES if k in changes]
+  if not startup or not sys.executable or sys.argv[:1] in ([""], ["-"]):
+    for k in startup:  # Cannot re-execute (interactive, stdin): only what acts later.
+      del changes[k]
     os.environ.update(changes)
     return
-  added = ", ".join(f"{k} += {v[len(os.environ.get(k, '')):].strip()}" for k, v in changes.items())
+  added = ", ".join(f"{k} += {v[len(os.environ.get(k, '')):].strip(' :')}"
+                    for k, v in changes.items())
   print(f"signin_jax: CPU settings ({OFF_VARIABLE}=0 turns them off): {added}; "
         "re-executing once.", file=sys.stderr, flush=True)
   sys.stdout.flush()

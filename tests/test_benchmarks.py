@@ -1,8 +1,10 @@
 """The benchmark scripts run (their numbers are measured by hand: README, Performance).
 
-Only the quick one runs here, on the real Fashion-MNIST with a tiny model and two timed steps:
-it builds its run with the trainer's own create_run_start, so a change there that breaks it
-shows up in the suite instead of on a user's machine.
+Only the quick ones run here. pipeline_throughput.py, on the real Fashion-MNIST with a tiny
+model and two timed steps: it builds its run with the trainer's own create_run_start, so a change
+there that breaks it shows up in the suite instead of on a user's machine. cpu_settings.py, one
+round of the quickstart CNN with and without tcmalloc: its check that tcmalloc changes no bit of
+the trained parameters must hold.
 """
 import os
 import re
@@ -33,3 +35,20 @@ def test_pipeline_throughput_prints_both_rates_and_their_ratio(fashion_mnist_dir
   expected = rates["real input pipeline"] / rates["device-resident batch"]
   rounding = expected * sum(0.5 / r for r in rates.values()) + 5e-4
   assert abs(ratio - expected) <= rounding * (1 + 1e-9)
+
+
+@pytest.mark.slow
+def test_cpu_settings_benchmark_runs_and_tcmalloc_changes_no_bit():
+  from signin_jax import cpu_speed  # pylint: disable=g-import-not-at-top
+  if cpu_speed.find_tcmalloc() is None:
+    pytest.skip("tcmalloc is not installed (bash launch/install.sh as root installs it)")
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/cpu_settings.py", "--rounds=1", "--steps=2",
+       "--models=small_cnn", "--variants=without,tcmalloc"],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rates = re.findall(r"small_cnn (without|tcmalloc)\s+([\d,]+) images/s", proc.stdout)
+  assert [kind for kind, _ in rates] == ["without", "tcmalloc"], proc.stdout
+  assert "small_cnn parameters after 4 steps, tcmalloc vs without: bitwise identical" in (
+      proc.stdout)

@@ -15,8 +15,9 @@ TCMALLOC = "/lib/tcmalloc/libtcmalloc_minimal.so.4"  # Any path: settings() only
 KNOWN = sorted(cpu_speed.YNN_FLAG_JAXLIB_VERSIONS)[0]
 
 
-def settings(environ, jaxlib=KNOWN, tcmalloc=TCMALLOC, plugin=None):
-  return cpu_speed.settings(environ, jaxlib=jaxlib, tcmalloc=tcmalloc, plugin=plugin)
+def settings(environ, jaxlib=KNOWN, tcmalloc=TCMALLOC, plugin=None, hugetlb=False):
+  return cpu_speed.settings(environ, jaxlib=jaxlib, tcmalloc=tcmalloc, plugin=plugin,
+                            hugetlb=hugetlb)
 
 
 def test_a_plain_cpu_run_gets_the_flag_and_tcmalloc():
@@ -61,8 +62,64 @@ def test_a_jaxlib_not_known_to_accept_the_flag_does_not_get_it(jaxlib):
   assert settings({}, jaxlib=jaxlib) == {"LD_PRELOAD": TCMALLOC}
 
 
-def test_without_tcmalloc_only_the_flag():
-  assert settings({}, tcmalloc=None) == {"XLA_FLAGS": cpu_speed.YNN_FLAG}
+def test_without_tcmalloc_glibcs_hugetlb_tunable_if_glibc_has_it():
+  assert settings({}, tcmalloc=None) == {"XLA_FLAGS": cpu_speed.YNN_FLAG}  # glibc < 2.35.
+  hugetlb = "glibc.malloc.hugetlb=1"
+  assert settings({}, tcmalloc=None, hugetlb=True) == {"XLA_FLAGS": cpu_speed.YNN_FLAG,
+                                                       "GLIBC_TUNABLES": hugetlb}
+  assert "GLIBC_TUNABLES" not in settings({}, hugetlb=True)  # tcmalloc is the better one.
+  user = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+  changes = settings(user, tcmalloc=None, hugetlb=True)
+  assert changes["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{hugetlb}"
+  assert settings({**user, **changes}, tcmalloc=None, hugetlb=True) == {}
+  assert cpu_speed.without_settings({**user, **changes}) == {**user,
+                                                             "SIGNIN_JAX_CPU_SETTINGS": "0"}
+  for own in ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"},
+              {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}):
+    assert "GLIBC_TUNABLES" not in settings(own, tcmalloc=None, hugetlb=True)
+
+
+def test_glibc_of_this_machine_is_recognised():
+  name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+  major_minor = tuple(int(v) for v in version.split(".")[:2])
+  assert cpu_speed.glibc_has_hugetlb_tunable() == (name == "glibc" and major_minor >= (2, 35))
+
+
+class _Executed(Exception):
+  pass
+
+
+@pytest.mark.parametrize("tcmalloc, hugetlb, re_executes", [
+    ("/x/libtcmalloc_minimal.so.4", False, True),
+    (None, True, True),  # GLIBC_TUNABLES too is read only at process start.
+    (None, False, False),  # Only XLA_FLAGS: set in place (JAX reads it when it starts).
+])
+def test_a_script_re_executes_only_when_a_start_up_variable_changes(monkeypatch, tcmalloc,
+                                                                   hugetlb, re_executes):
+  monkeypatch.setattr(cpu_speed, "find_tcmalloc", lambda: tcmalloc)
+  monkeypatch.setattr(cpu_speed, "glibc_has_hugetlb_tunable", lambda: hugetlb)
+  monkeypatch.setattr(cpu_speed, "jaxlib_version", lambda: KNOWN)
+  for name in ("XLA_FLAGS", "LD_PRELOAD", "GLIBC_TUNABLES", "SIGNIN_JAX_CPU_SETTINGS"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  calls = []
+
+  def execve(path, argv, env):
+    calls.append((path, argv, env))
+    raise _Executed
+
+  monkeypatch.setattr(os, "execve", execve)
+  if re_executes:
+    with pytest.raises(_Executed):
+      cpu_speed.reexec_with_cpu_settings()
+    [(path, argv, env)] = calls
+    assert path == sys.executable and argv == [sys.executable] + sys.orig_argv[1:]
+    assert env == {**os.environ, **cpu_speed.current_settings(),
+                   "SIGNIN_JAX_CPU_SETTINGS_REEXECUTED": str(os.getpid())}
+    assert os.environ.get("XLA_FLAGS") is None  # This process is left as it was.
+  else:
+    cpu_speed.reexec_with_cpu_settings()
+    assert not calls and os.environ["XLA_FLAGS"] == cpu_speed.YNN_FLAG
 
 
 @pytest.mark.parametrize("value", ["0", "false", "OFF", " no "])
