@@ -310,10 +310,12 @@ def _conv_rows_apply(x, arrays, layer):
   dtype = work_dtype(layer.dtype)
   target = _ffi_target("conv_rows", dtype.name)
   kh, kw, _, cout = layer.kernel_shape
-  (ph, _), (pw, _) = layer.padding
+  padding = conv_padding(layer.padding, layer.kernel_shape, layer.strides, x.shape,
+                         layer.kernel_dilation)
+  (ph, _), (pw, _) = padding
   out = jax.eval_shape(
       lambda x: lax.conv_general_dilated(
-          x, jnp.zeros((kh, kw, x.shape[-1], cout), x.dtype), layer.strides, layer.padding,
+          x, jnp.zeros((kh, kw, x.shape[-1], cout), x.dtype), layer.strides, padding,
           dimension_numbers=("NHWC", "HWIO", "NHWC")), x)
   geometry = jnp.asarray([layer.strides[0], layer.strides[1], ph, pw], jnp.int32)
   y = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out.shape, dtype))(

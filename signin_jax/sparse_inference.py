@@ -1,0 +1,618 @@
+"""Sparse inference for any Flax Linen model built from Dense and Conv layers, unchanged.
+
+``convert(model, variables, masks, input_shape=...)`` returns a :class:`SparseModel` whose
+``__call__`` runs ``model.apply`` with every ``flax.linen.Dense`` and ``flax.linen.Conv``
+call replaced, through ``flax.linen.intercept_methods``, by the product that was *measured*
+fastest for that layer and batch size when the model was converted (``sparse_kernels.py``:
+XLA's dense dot or conv, BCSR, a JAX gather kernel, scipy, and numba CSR / direct-convolution
+kernels run by XLA as FFI custom calls). The model's code is not touched and knows nothing of
+sparsity; its other modules and functions run as written.
+
+Output channels whose every weight is pruned are removed physically where their value is
+provably zero at every use (``sparse_channels.py``): after an eval-mode BatchNorm and a relu
+that maps its constant to 0, with the consumers' matching input channels found from the
+traced dataflow. A channel that carries a nonzero constant is kept.
+
+The per-layer plan (products per batch size, channels removed, what each candidate measured)
+is a JSON-able dict, ``SparseModel.plan``, printed by :func:`format_plan` and saved in the
+export's metadata; :func:`from_plan` rebuilds a SparseModel from it without measuring.
+Conversion checks the sparse model's logits against the masked dense model's.
+
+Choices: a batch size that was not planned uses the plan of the nearest planned one (in
+log-scale); the whole-model plan of a batch size is the fastest end to end of (a) each layer's
+fastest product, (b) each layer's fastest feature-major product (XLA then needs no transposes
+between consecutive such layers) and (c) XLA's dense products everywhere, so the sparse model
+is not slower than dense where measuring can tell. Flax NNX is not supported: its modules are
+Python objects called directly, with no method interception; convert an NNX model's state with
+``nnx.bridge`` to Linen, or use Linen. Module dtypes: see ``sparse_kernels.py``.
+
+Command line: ``python -m signin_jax.sparse_inference WORKDIR`` converts a finished run (its
+``config.json`` and ``final_weights.npz``) and reports the measured speed of the sparse model
+against the dense one at batch 1 and the run's batch size, with the plan.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+
+from signin_jax import sparse_channels
+from signin_jax import sparse_kernels
+
+PLAN_VERSION = 1
+Measure = Callable[[str, int, Dict[str, Callable[[], Any]]], Dict[str, float]]
+
+
+def path_str(path) -> str:
+  return "/".join(str(p) for p in path)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks and parameters.
+
+def check_masks(params, masks) -> None:
+  """A clear error naming the tensor when `masks` does not match `params` leaf for leaf."""
+  flat_p = dict(_flat(params))
+  flat_m = dict(_flat(masks))
+  for name in flat_m:
+    if name not in flat_p:
+      raise ValueError(f"masks has a tensor '{name}' that the parameters do not have.")
+  for name, value in flat_p.items():
+    if name not in flat_m:
+      raise ValueError(f"masks has no tensor '{name}' (parameters {np.shape(value)}); give a "
+                       "mask for every parameter (all True for a dense one).")
+    mask = flat_m[name]
+    if np.shape(mask) != np.shape(value):
+      raise ValueError(f"mask '{name}' has shape {np.shape(mask)}, its parameter "
+                       f"{np.shape(value)}.")
+    dtype = np.asarray(mask).dtype
+    if not (dtype == bool or np.issubdtype(dtype, np.integer)) or \
+        not np.isin(np.asarray(mask), (0, 1)).all():
+      raise ValueError(f"mask '{name}' must hold booleans (or 0/1), got {dtype} values.")
+
+
+def _flat(tree):
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return [(jax.tree_util.keystr(p, simple=True, separator="/"), v) for p, v in flat]
+
+
+def masked_variables(variables, masks):
+  """The variables with ``params`` multiplied by their masks (exact zeros where pruned)."""
+  params = jax.tree.map(lambda p, m: np.where(np.asarray(m, bool), np.asarray(p),
+                                              np.zeros((), np.asarray(p).dtype)),
+                        variables["params"], masks)
+  return dict(variables, params=params)
+
+
+def _node(tree, path):
+  for name in path:
+    tree = tree[name]
+  return tree
+
+
+# --------------------------------------------------------------------------------------------
+# Layers and their plan.
+
+class Layer(NamedTuple):
+  """A planned Dense or Conv layer: static facts (the arrays live in SparseModel.arrays)."""
+  name: str
+  kind: str  # 'dense' or 'conv'
+  spec: sparse_kernels.LayerSpec
+  rows_per_sample: int  # Dense on [B, ..., F]: rows of the product per sample
+  in_features: int  # after removed input channels
+  has_bias: bool
+
+
+def _supported(call: sparse_channels.Call) -> Optional[str]:
+  module = call.module
+  if isinstance(module, nn.Dense):
+    if module.dot_general is not None or module.dot_general_cls is not None:
+      return "a custom dot_general"
+    return None
+  if module.conv_general_dilated is not None or module.conv_general_dilated_cls is not None:
+    return "a custom conv_general_dilated"
+  if module.feature_group_count != 1 or module.mask is not None:
+    return "grouped or built-in-masked convolution"
+  kernel_size = ((module.kernel_size,) if isinstance(module.kernel_size, int)
+                 else tuple(module.kernel_size))
+  if len(call.in_shape) != len(kernel_size) + 2:
+    return "an input without exactly one batch dimension"
+  padding = module.padding
+  if isinstance(padding, str) and padding.upper() not in ("SAME", "VALID"):
+    return f"padding {padding!r}"
+  return None
+
+
+def _broadcast(value, n):
+  if value is None:
+    value = 1
+  return (value,) * n if isinstance(value, int) else tuple(value)
+
+
+def _spec(call, params, kernel_shape) -> sparse_kernels.LayerSpec:
+  module = call.module
+  args = [jnp.zeros((), call.in_dtype), jnp.zeros((), params["kernel"].dtype)]
+  if "bias" in params:
+    args.append(jnp.zeros((), params["bias"].dtype))
+  dtype = jnp.dtype(nn.dtypes.canonicalize_dtype(*args, dtype=module.dtype))
+  if isinstance(module, nn.Dense):
+    return sparse_kernels.LayerSpec(dtype=dtype, precision=module.precision,
+                                    kernel_shape=tuple(kernel_shape))
+  n = len(kernel_shape) - 2
+  padding = module.padding
+  if isinstance(padding, str):
+    padding = padding.upper()
+  elif isinstance(padding, int):
+    padding = ((padding, padding),) * n
+  else:
+    padding = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+  return sparse_kernels.LayerSpec(
+      dtype=dtype, precision=module.precision, strides=_broadcast(module.strides, n),
+      padding=padding, input_dilation=_broadcast(module.input_dilation, n),
+      kernel_dilation=_broadcast(module.kernel_dilation, n), kernel_shape=tuple(kernel_shape))
+
+
+def _dead_channels(call, params, mask, dtype):
+  """(dead output channels, their constant output) of a layer: bias, or 0 without one."""
+  dead = np.flatnonzero(~np.asarray(mask, bool).reshape(-1, mask.shape[-1]).any(axis=0))
+  if "bias" in params:
+    values = np.asarray(jnp.asarray(np.asarray(params["bias"])[dead]).astype(dtype))
+  else:
+    values = np.zeros(dead.shape, dtype)
+  return [int(c) for c in dead], values
+
+
+def _slice(kernel, mask, bias, out_removed, in_removed):
+  keep_out = np.setdiff1d(np.arange(kernel.shape[-1]), out_removed)
+  keep_in = np.setdiff1d(np.arange(kernel.shape[-2]), in_removed)
+  kernel = np.take(np.take(kernel, keep_out, axis=-1), keep_in, axis=-2)
+  mask = np.take(np.take(mask, keep_out, axis=-1), keep_in, axis=-2)
+  if bias is not None:
+    bias = bias[keep_out]
+  return kernel, mask, bias
+
+
+def measure_median(name: str, batch: int, fns: Dict[str, Callable[[], Any]], *,
+                   rounds: int = 7, min_round_seconds: float = 0.005) -> Dict[str, float]:
+  """Seconds per call of each function: the median over `rounds` of one round's mean, the
+  functions taking turns within every round (so a change of machine load hits them alike)."""
+  del name, batch
+  calls = {}
+  for key, fn in fns.items():
+    jax.block_until_ready(fn())  # compile and warm up
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    once = max(time.perf_counter() - start, 1e-6)
+    calls[key] = max(1, min(1000, int(min_round_seconds / once)))
+  times = {key: [] for key in fns}
+  for _ in range(rounds):
+    for key, fn in fns.items():
+      start = time.perf_counter()
+      for _ in range(calls[key]):
+        out = fn()
+      jax.block_until_ready(out)
+      times[key].append((time.perf_counter() - start) / calls[key])
+  return {key: statistics.median(values) for key, values in times.items()}
+
+
+def _nearest(planned: Sequence[int], batch: int) -> int:
+  return min(planned, key=lambda b: (abs(math.log(b) - math.log(batch)), b))
+
+
+# --------------------------------------------------------------------------------------------
+# The sparse model.
+
+class SparseModel:
+  """A converted model: ``sparse_model(x)`` gives the logits; ``plan`` says how."""
+
+  def __init__(self, model, variables, layers: Dict[str, Layer], arrays, norms, plan,
+               apply_kwargs):
+    self.model = model
+    self.variables = variables  # what the model's own code still reads
+    self.layers = layers
+    self.arrays = arrays  # {layer: {'product/name': array, 'bias': array}} and BatchNorms
+    self.norms = norms  # {BatchNorm path: (kept channel count)}
+    self.plan = plan
+    self.apply_kwargs = dict(apply_kwargs or {})
+    self._jitted = jax.jit(self._apply)
+
+  def __call__(self, x):
+    return self._jitted(self.variables, self.arrays, x)
+
+  def products_at(self, batch: int) -> Dict[str, str]:
+    """The product each layer runs at this batch size."""
+    planned = [int(b) for b in self.plan["batch_sizes"]]
+    b = str(_nearest(planned, batch))
+    return {name: entry["products"][b] for name, entry in self.plan["layers"].items()}
+
+  def _apply(self, variables, arrays, x):
+    products = self.products_at(x.shape[0])
+    with nn.intercept_methods(self._interceptor(arrays, products)):
+      return self.model.apply(variables, x, **self.apply_kwargs)
+
+  def _interceptor(self, arrays, products):
+    def interceptor(next_fun, args, kwargs, context):
+      module = context.module
+      if context.method_name != "__call__":
+        return next_fun(*args, **kwargs)
+      name = path_str(module.scope.path)
+      if name in self.norms and isinstance(module, nn.BatchNorm):
+        return _batch_norm(module, args[0], arrays[name], kwargs)
+      layer = self.layers.get(name)
+      if layer is None or not sparse_channels.is_layer(module):
+        return next_fun(*args, **kwargs)
+      return _run_layer(layer, products[name], arrays[name], args[0])
+    return interceptor
+
+
+def _run_layer(layer: Layer, product_name: str, arrays, x):
+  product = sparse_kernels.products(layer.kind)[product_name]
+  spec = layer.spec
+  if x.shape[-1] != layer.in_features:
+    raise ValueError(f"layer '{layer.name}' was converted for {layer.in_features} input "
+                     f"features, got an input of shape {x.shape}.")
+  x = x.astype(spec.dtype)
+  if layer.kind == "dense":
+    lead = x.shape[:-1]
+    y = product.apply(x.reshape((-1, x.shape[-1])), arrays[product_name], spec)
+    y = y.reshape(lead + (y.shape[-1],))
+  else:
+    y = product.apply(x, arrays[product_name], spec)
+  if layer.has_bias:
+    y = y + arrays["bias"].reshape((1,) * (y.ndim - 1) + (-1,))
+  return y
+
+
+def _batch_norm(module, x, arrays, kwargs):
+  """Flax's eval-mode BatchNorm (linen.normalization._normalize) on the kept channels."""
+  if not nn.merge_param("use_running_average", module.use_running_average,
+                        kwargs.get("use_running_average")):
+    raise ValueError(f"BatchNorm '{path_str(module.scope.path)}' lost channels at conversion "
+                     "and runs only in eval mode (use_running_average=True).")
+  y = x - arrays["mean"]
+  mul = lax.rsqrt(arrays["var"] + module.epsilon)
+  args = [x]
+  if module.use_scale:
+    scale = arrays["scale"]
+    if not module.force_float32_reductions:
+      scale = jnp.asarray(scale, module.param_dtype)
+    mul = mul * scale
+    args.append(scale)
+  y = y * mul
+  if module.use_bias:
+    bias = arrays["bias"]
+    if not module.force_float32_reductions:
+      bias = jnp.asarray(bias, module.param_dtype)
+    y = y + bias
+    args.append(bias)
+  return jnp.asarray(y, nn.dtypes.canonicalize_dtype(*args, dtype=module.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion.
+
+def convert(model, variables, masks, *, input_shape: Sequence[int],
+            batch_sizes: Sequence[int] = (1, 128), apply_kwargs: Optional[Mapping] = None,
+            products: Optional[Sequence[str]] = None, measure: Optional[Measure] = None,
+            remove_channels: bool = True, verify: bool = True,
+            input_dtype=jnp.float32) -> SparseModel:
+  """The sparse model of ``model`` with ``variables`` (``{'params': ..., 'batch_stats':
+  ...}``) and ``masks`` (bools like ``variables['params']``), planned for ``batch_sizes`` on
+  inputs of shape ``[batch, *input_shape]``.
+
+  ``apply_kwargs``: extra arguments of ``model.apply`` (e.g. ``{'train': False}``).
+  ``products``: the candidates to measure (default: all of ``sparse_kernels``). ``measure``:
+  ``(layer, batch, {candidate: fn}) -> {candidate: seconds}`` (default
+  :func:`measure_median`); a test can inject one to force a product. ``remove_channels``:
+  remove provably-zero channels. ``verify``: check the logits against the masked dense
+  model's (float32 layers: within 1e-5 * max(1, |logit|)).
+  """
+  if "params" not in variables:
+    raise ValueError("variables must hold a 'params' collection.")
+  check_masks(variables["params"], masks)
+  batch_sizes = _check_batch_sizes(batch_sizes)
+  apply_kwargs = dict(apply_kwargs or {})
+  variables = masked_variables(jax.device_get(variables), jax.device_get(masks))
+  analysis = _analyze(model, variables, masks, input_shape, input_dtype, apply_kwargs,
+                      remove_channels)
+  plan = {"version": PLAN_VERSION, "batch_sizes": list(batch_sizes), "layers": {},
+          "norms": {k: {"kept": v} for k, v in analysis["removal"].norm_kept.items()},
+          "kept_constant": analysis["removal"].kept_constant,
+          "why_not_removed": analysis["removal"].why_not,
+          "not_planned": analysis["not_planned"], "end_to_end_us": {}}
+  measure = measure or measure_median
+  layers, prepared = {}, {}
+  for name, (call, kernel, mask, bias, in_removed, out_removed) in analysis["layers"].items():
+    layers[name], plan["layers"][name], prepared[name] = _plan_layer(
+        name, call, kernel, mask, bias, in_removed, out_removed, batch_sizes, products, measure)
+  build = lambda plan: _build(model, variables, layers, prepared, plan, apply_kwargs)
+  _choose_end_to_end(build, plan, model, variables, input_shape, input_dtype, measure,
+                     apply_kwargs)
+  sparse = build(plan)
+  if verify:
+    verify_logits(sparse, model, variables, input_shape, input_dtype)
+  return sparse
+
+
+def _check_batch_sizes(batch_sizes):
+  sizes = tuple(batch_sizes)
+  if not sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
+    raise ValueError(f"batch_sizes must be positive ints, got {batch_sizes!r}.")
+  return tuple(sorted(set(sizes)))
+
+
+def _analyze(model, variables, masks, input_shape, input_dtype, apply_kwargs, remove_channels):
+  example = jax.ShapeDtypeStruct((2,) + tuple(input_shape), input_dtype)
+  calls, eqns, outputs, shapes = sparse_channels.trace(model, variables, example, apply_kwargs)
+  seen, not_planned, candidates = {}, {}, {}
+  for tag, call in enumerate(calls):
+    if not sparse_channels.is_layer(call.module):
+      continue
+    name = path_str(call.path)
+    if name in seen:
+      continue
+    seen[name] = tag
+    why = _supported(call)
+    if why:
+      not_planned[name] = why
+    else:
+      candidates[name] = tag
+  dead = {}
+  for name, tag in candidates.items():
+    params = _node(variables["params"], calls[tag].path)
+    mask = np.asarray(_node(masks, calls[tag].path)["kernel"], bool)
+    channels, values = _dead_channels(calls[tag], params, mask,
+                                      _spec(calls[tag], params, mask.shape).dtype)
+    if channels:
+      dead[tag] = (channels, values)
+  if remove_channels:
+    removal = sparse_channels.analyze(calls, eqns, outputs, shapes, variables, dead)
+    for name in list(removal.in_removed) + list(removal.out_removed):
+      if name not in candidates:  # a consumer that is not planned cannot lose inputs
+        raise AssertionError(f"channel removal reached unplanned layer {name}")
+  else:
+    removal = sparse_channels.Removal({}, {}, {}, {}, {})
+  layers = {}
+  for name, tag in candidates.items():
+    params = _node(variables["params"], calls[tag].path)
+    kernel = np.asarray(params["kernel"])
+    mask = np.asarray(_node(masks, calls[tag].path)["kernel"], bool)
+    bias = np.asarray(params["bias"]) if "bias" in params else None
+    out_removed = removal.out_removed.get(name, [])
+    in_removed = removal.in_removed.get(name, [])
+    kernel, mask, bias = _slice(kernel, mask, bias, out_removed, in_removed)
+    layers[name] = (calls[tag], kernel, mask, bias, in_removed, out_removed)
+  return {"layers": layers, "removal": removal, "not_planned": not_planned,
+          "calls": calls}
+
+
+def _plan_layer(name, call, kernel, mask, bias, in_removed, out_removed, batch_sizes,
+                allowed, measure):
+  kind = "dense" if isinstance(call.module, nn.Dense) else "conv"
+  params = {"kernel": kernel}
+  if bias is not None:
+    params["bias"] = bias
+  spec = _spec(call, params, kernel.shape)
+  offered, refused = sparse_kernels.candidates(kind, mask, spec, allowed)
+  if "dense" not in offered:
+    offered = dict(dense=sparse_kernels.products(kind)["dense"], **offered)
+  in_features = call.in_shape[-1] - len(in_removed)
+  rows = math.prod(call.in_shape[1:-1]) if kind == "dense" else 1
+  prepared = {n: sparse_kernels.prepare_layer(p, kernel, mask, spec) for n, p in offered.items()}
+  layer = Layer(name, kind, spec, rows, in_features, bias is not None)
+  entry = {"kind": kind, "kernel_shape": list(kernel.shape), "kept": int(mask.sum()),
+           "density": float(mask.mean()) if mask.size else 0.0, "dtype": spec.dtype.name,
+           "out_removed": list(out_removed), "in_removed": list(in_removed),
+           "refused": refused, "products": {}, "measured_us": {}}
+  for batch in batch_sizes:
+    shape = ((batch * rows, in_features) if kind == "dense"
+             else (batch,) + tuple(call.in_shape[1:-1]) + (in_features,))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), call.in_dtype)
+    fns = {}
+    for n, product in offered.items():
+      f = jax.jit(lambda x, a, product=product: product.apply(x.astype(spec.dtype), a, spec))
+      fns[n] = lambda f=f, a=prepared[n]: f(x, a)
+    times = measure(name, batch, fns)
+    missing = set(fns) - set(times)
+    if missing:
+      raise ValueError(f"measure gave no time for {sorted(missing)} of layer '{name}'.")
+    order = list(offered)
+    best = min(order, key=lambda n: (times[n], order.index(n)))
+    entry["products"][str(batch)] = best
+    entry["measured_us"][str(batch)] = {n: round(times[n] * 1e6, 2) for n in order}
+  if bias is not None:
+    prepared["bias"] = jnp.asarray(jnp.asarray(bias).astype(spec.dtype))
+  return layer, entry, prepared
+
+
+def _norm_arrays(variables, name, kept):
+  path = name.split("/")
+  stats = _node(variables["batch_stats"], path)
+  params = _node(variables["params"], path) if _has(variables["params"], path) else {}
+  kept = np.asarray(kept, np.int64)
+  arrays = {"mean": jnp.asarray(np.asarray(stats["mean"])[kept]),
+            "var": jnp.asarray(np.asarray(stats["var"])[kept])}
+  for key in ("scale", "bias"):
+    if key in params:
+      arrays[key] = jnp.asarray(np.asarray(params[key])[kept])
+  return arrays
+
+
+def _has(tree, path):
+  try:
+    _node(tree, path)
+    return True
+  except (KeyError, TypeError):
+    return False
+
+
+def _without(variables, layers, norms):
+  """The variables minus what the planned layers and sliced BatchNorms hold themselves."""
+  def drop(tree, path, keys):
+    node = _node(tree, path[:-1]) if len(path) > 1 else tree
+    sub = dict(node[path[-1]])
+    for k in keys:
+      sub.pop(k, None)
+    node[path[-1]] = sub
+
+  out = jax.tree.map(lambda x: x, variables)  # a fresh nested copy of the dicts
+  out = {k: _copy_dicts(v) for k, v in out.items()}
+  for name in layers:
+    drop(out["params"], name.split("/"), ("kernel", "bias"))
+  for name in norms:
+    for collection, keys in (("params", ("scale", "bias")), ("batch_stats", ("mean", "var"))):
+      if collection in out and _has(out[collection], name.split("/")):
+        drop(out[collection], name.split("/"), keys)
+  return out
+
+
+def _copy_dicts(tree):
+  if isinstance(tree, Mapping):
+    return {k: _copy_dicts(v) for k, v in tree.items()}
+  return jnp.asarray(tree)
+
+
+def _build(model, variables, layers, prepared, plan, apply_kwargs) -> SparseModel:
+  """The SparseModel that runs `plan`, with the arrays of the products it names."""
+  norms = {name: entry["kept"] for name, entry in plan["norms"].items()}
+  arrays = {}
+  for name, layer_arrays in prepared.items():
+    used = set(plan["layers"][name]["products"].values()) | {"bias"}
+    arrays[name] = {k: v for k, v in layer_arrays.items() if k in used}
+  for name, kept in norms.items():
+    arrays[name] = _norm_arrays(variables, name, kept)
+  return SparseModel(model, _without(variables, layers, norms), layers, arrays, norms, plan,
+                     apply_kwargs)
+
+
+END_TO_END = ("per_layer", "feature_major", "dense")
+
+
+def _choose_end_to_end(build, plan, model, variables, input_shape, input_dtype, measure,
+                       apply_kwargs):
+  """Per batch size, the fastest whole-model variant (END_TO_END, module docstring)."""
+  reference = jax.jit(lambda v, x: model.apply(v, x, **apply_kwargs))
+  for batch in plan["batch_sizes"]:
+    key = str(batch)
+    variants = {"per_layer": {n: e["products"][key] for n, e in plan["layers"].items()},
+                "feature_major": {}, "dense": {n: "dense" for n in plan["layers"]}}
+    for n, e in plan["layers"].items():
+      cols = {p: t for p, t in e["measured_us"][key].items() if p.startswith("csr_cols")}
+      variants["feature_major"][n] = min(cols, key=cols.get) if cols else e["products"][key]
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((batch,) + tuple(input_shape)),
+                    input_dtype)
+    fns = {}
+    for variant, chosen in variants.items():
+      variant_plan = json.loads(json.dumps(plan))
+      variant_plan["batch_sizes"] = [batch]
+      for n, product in chosen.items():
+        variant_plan["layers"][n]["products"] = {key: product}
+      fns[variant] = lambda m=build(variant_plan): m(x)
+    fns["masked_dense_model"] = lambda: reference(variables, x)
+    times = measure("<end to end>", batch, fns)
+    best = min(END_TO_END, key=lambda v: (times[v], END_TO_END.index(v)))
+    plan["end_to_end_us"][key] = {v: round(t * 1e6, 2) for v, t in times.items()}
+    plan["end_to_end_us"][key]["chosen"] = best
+    for n, product in variants[best].items():
+      plan["layers"][n]["products"][key] = product
+
+
+def verify_logits(sparse: SparseModel, model, variables, input_shape, input_dtype) -> None:
+  """The sparse model's logits equal the masked dense model's on a random batch of every
+  planned size: within 1e-5 * max(1, |logit|) when every layer computes in float32 or
+  float64 (else within the compute dtype's resolution)."""
+  dtypes = {np.dtype(l.spec.dtype) for l in sparse.layers.values()}
+  tolerance = 1e-5 if dtypes <= {np.dtype(np.float32), np.dtype(np.float64)} else 2e-2
+  for batch in sparse.plan["batch_sizes"]:
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((batch,) + tuple(input_shape)),
+                    input_dtype)
+    expected = np.asarray(model.apply(variables, x, **sparse.apply_kwargs), np.float64)
+    got = np.asarray(sparse(x), np.float64)
+    error = np.abs(got - expected) / np.maximum(1.0, np.abs(expected))
+    if not error.max() <= tolerance:
+      worst = np.unravel_index(np.argmax(error), error.shape)
+      raise AssertionError(
+          f"sparse logits differ from the masked dense model's at batch {batch}: relative "
+          f"error {error.max():.3g} > {tolerance} at {worst}. Plan:\n" + format_plan(sparse.plan))
+
+
+def from_plan(model, variables, masks, plan, *, input_shape, apply_kwargs=None,
+              input_dtype=jnp.float32, verify: bool = True) -> SparseModel:
+  """The SparseModel of a saved plan, without measuring: each layer runs the product the plan
+  names. The channels removed are found again (the analysis is exact and deterministic) and
+  must equal the plan's."""
+  if not isinstance(plan, Mapping) or plan.get("version") != PLAN_VERSION:
+    raise ValueError(f"plan version {plan.get('version') if isinstance(plan, Mapping) else None}"
+                     f" is not supported (this code reads version {PLAN_VERSION}).")
+
+  def saved(name, batch, fns):
+    if name == "<end to end>":
+      chosen = "per_layer"  # the plan's layer products already are the chosen variant's
+    else:
+      if name not in plan["layers"]:
+        raise ValueError(f"the model has a layer '{name}' that the plan does not have.")
+      chosen = plan["layers"][name]["products"].get(str(batch))
+    if chosen not in fns:
+      raise ValueError(f"the plan names product {chosen!r} for '{name}' at batch {batch}, "
+                       f"which cannot run here (candidates: {sorted(fns)}).")
+    return {k: (0.0 if k == chosen else 1.0) for k in fns}
+
+  removes = any(e["out_removed"] for e in plan["layers"].values())
+  sparse = convert(model, variables, masks, input_shape=input_shape,
+                   batch_sizes=plan["batch_sizes"], apply_kwargs=apply_kwargs, measure=saved,
+                   remove_channels=removes, verify=verify, input_dtype=input_dtype)
+  for name, entry in plan["layers"].items():
+    if name not in sparse.plan["layers"]:
+      raise ValueError(f"the plan names layer '{name}', which the model does not have.")
+    mine = sparse.plan["layers"][name]
+    for key in ("out_removed", "in_removed"):
+      if mine[key] != entry[key]:
+        raise ValueError(f"layer '{name}': the plan removes {key} {entry[key]}, these weights "
+                         f"and masks give {mine[key]}.")
+    mine["measured_us"] = entry.get("measured_us", {})
+  sparse.plan["end_to_end_us"] = plan.get("end_to_end_us", {})
+  return sparse
+
+
+def format_plan(plan) -> str:
+  """The plan as a table: per layer, shape, kept weights, channels removed, product per batch."""
+  batches = [str(b) for b in plan["batch_sizes"]]
+  rows = [["layer", "kernel", "kept", "density", "removed out/in"]
+          + [f"product @{b}" for b in batches] + [f"dense/chosen us @{b}" for b in batches]]
+  for name, e in plan["layers"].items():
+    times = []
+    for b in batches:
+      measured = e["measured_us"].get(b, {})
+      chosen = e["products"][b]
+      times.append(f"{measured.get('dense', float('nan')):.1f}/{measured.get(chosen, float('nan')):.1f}"
+                   if measured else "-")
+    rows.append([name, "x".join(map(str, e["kernel_shape"])), str(e["kept"]),
+                 f"{e['density']:.3f}", f"{len(e['out_removed'])}/{len(e['in_removed'])}"]
+                + [e["products"][b] for b in batches] + times)
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+  for b in batches:
+    e2e = plan["end_to_end_us"].get(b)
+    if e2e:
+      lines.append(f"end to end @{b}: " + ", ".join(
+          f"{k} {v:.1f} us" for k, v in e2e.items() if k != "chosen")
+                   + f"; chosen: {e2e['chosen']}")
+  for name, entry in plan["norms"].items():
+    lines.append(f"BatchNorm {name}: keeps {len(entry['kept'])} channels")
+  for name, channels in plan["kept_constant"].items():
+    lines.append(f"{name}: dead channels {channels} kept (nonzero constant after activation)")
+  for name, why in plan["why_not_removed"].items():
+    lines.append(f"{name}: dead channels kept: {why}")
+  for name, why in plan["not_planned"].items():
+    lines.append(f"{name}: runs as written ({why})")
+  return "\n".join(lines)
