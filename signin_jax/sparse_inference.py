@@ -38,52 +38,62 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
 
 from signin_jax import sparse_channels
 from signin_jax import sparse_kernels
+from signin_jax.sparse_model import Layer, SparseModel, format_plan, path_str
 
 PLAN_VERSION = 1
 Measure = Callable[[str, int, Dict[str, Callable[[], Any]]], Dict[str, float]]
 
 
-def path_str(path) -> str:
-  return "/".join(str(p) for p in path)
-
-
 # --------------------------------------------------------------------------------------------
 # Masks and parameters.
 
-def check_masks(params, masks) -> None:
-  """A clear error naming the tensor when `masks` does not match `params` leaf for leaf."""
-  flat_p = dict(_flat(params))
-  flat_m = dict(_flat(masks))
-  for name in flat_m:
-    if name not in flat_p:
-      raise ValueError(f"masks has a tensor '{name}' that the parameters do not have.")
-  for name, value in flat_p.items():
-    if name not in flat_m:
-      raise ValueError(f"masks has no tensor '{name}' (parameters {np.shape(value)}); give a "
-                       "mask for every parameter (all True for a dense one).")
-    mask = flat_m[name]
-    if np.shape(mask) != np.shape(value):
-      raise ValueError(f"mask '{name}' has shape {np.shape(mask)}, its parameter "
-                       f"{np.shape(value)}.")
-    dtype = np.asarray(mask).dtype
-    if not (dtype == bool or np.issubdtype(dtype, np.integer)) or \
-        not np.isin(np.asarray(mask), (0, 1)).all():
-      raise ValueError(f"mask '{name}' must hold booleans (or 0/1), got {dtype} values.")
+def full_masks(params, masks):
+  """`masks` checked against `params` leaf for leaf, with ``None`` leaves (unmasked, as
+  sparse_export returns them) made all True; a clear error names the first tensor that does
+  not fit."""
+  if not isinstance(masks, Mapping):
+    raise ValueError(f"masks must be a nested mapping like the parameters, got "
+                     f"{type(masks).__name__}.")
 
+  def walk(p, m, path):
+    if isinstance(p, Mapping):
+      if m is None:
+        return {k: walk(v, None, path + (k,)) for k, v in p.items()}
+      if not isinstance(m, Mapping):
+        raise ValueError(f"masks['{path_str(path)}'] is a tensor where the parameters have a "
+                         f"subtree ({sorted(p)}).")
+      for k in m:
+        if k not in p:
+          raise ValueError(f"masks has a tensor '{path_str(path + (k,))}' that the parameters "
+                           "do not have.")
+      for k in p:
+        if k not in m:
+          raise ValueError(f"masks has no entry for parameter '{path_str(path + (k,))}' "
+                           "(give None or an all-True mask for a dense one).")
+      return {k: walk(v, m[k], path + (k,)) for k, v in p.items()}
+    name = path_str(path)
+    if m is None:
+      return np.ones(np.shape(p), bool)
+    if isinstance(m, Mapping):
+      raise ValueError(f"masks['{name}'] is a subtree where the parameter is a tensor.")
+    m = np.asarray(m)
+    if m.shape != np.shape(p):
+      raise ValueError(f"mask '{name}' has shape {m.shape}, its parameter {np.shape(p)}.")
+    if not (m.dtype == bool or np.issubdtype(m.dtype, np.integer)) or \
+        not np.isin(m, (0, 1)).all():
+      raise ValueError(f"mask '{name}' must hold booleans (or 0/1), got {m.dtype} values.")
+    return m.astype(bool)
 
-def _flat(tree):
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return [(jax.tree_util.keystr(p, simple=True, separator="/"), v) for p, v in flat]
+  return walk(params, masks, ())
 
 
 def masked_variables(variables, masks):
@@ -102,16 +112,6 @@ def _node(tree, path):
 
 # --------------------------------------------------------------------------------------------
 # Layers and their plan.
-
-class Layer(NamedTuple):
-  """A planned Dense or Conv layer: static facts (the arrays live in SparseModel.arrays)."""
-  name: str
-  kind: str  # 'dense' or 'conv'
-  spec: sparse_kernels.LayerSpec
-  rows_per_sample: int  # Dense on [B, ..., F]: rows of the product per sample
-  in_features: int  # after removed input channels
-  has_bias: bool
-
 
 def _supported(call: sparse_channels.Call) -> Optional[str]:
   module = call.module
@@ -205,99 +205,6 @@ def measure_median(name: str, batch: int, fns: Dict[str, Callable[[], Any]], *,
   return {key: statistics.median(values) for key, values in times.items()}
 
 
-def _nearest(planned: Sequence[int], batch: int) -> int:
-  return min(planned, key=lambda b: (abs(math.log(b) - math.log(batch)), b))
-
-
-# --------------------------------------------------------------------------------------------
-# The sparse model.
-
-class SparseModel:
-  """A converted model: ``sparse_model(x)`` gives the logits; ``plan`` says how."""
-
-  def __init__(self, model, variables, layers: Dict[str, Layer], arrays, norms, plan,
-               apply_kwargs):
-    self.model = model
-    self.variables = variables  # what the model's own code still reads
-    self.layers = layers
-    self.arrays = arrays  # {layer: {'product/name': array, 'bias': array}} and BatchNorms
-    self.norms = norms  # {BatchNorm path: (kept channel count)}
-    self.plan = plan
-    self.apply_kwargs = dict(apply_kwargs or {})
-    self._jitted = jax.jit(self._apply)
-
-  def __call__(self, x):
-    return self._jitted(self.variables, self.arrays, x)
-
-  def products_at(self, batch: int) -> Dict[str, str]:
-    """The product each layer runs at this batch size."""
-    planned = [int(b) for b in self.plan["batch_sizes"]]
-    b = str(_nearest(planned, batch))
-    return {name: entry["products"][b] for name, entry in self.plan["layers"].items()}
-
-  def _apply(self, variables, arrays, x):
-    products = self.products_at(x.shape[0])
-    with nn.intercept_methods(self._interceptor(arrays, products)):
-      return self.model.apply(variables, x, **self.apply_kwargs)
-
-  def _interceptor(self, arrays, products):
-    def interceptor(next_fun, args, kwargs, context):
-      module = context.module
-      if context.method_name != "__call__":
-        return next_fun(*args, **kwargs)
-      name = path_str(module.scope.path)
-      if name in self.norms and isinstance(module, nn.BatchNorm):
-        return _batch_norm(module, args[0], arrays[name], kwargs)
-      layer = self.layers.get(name)
-      if layer is None or not sparse_channels.is_layer(module):
-        return next_fun(*args, **kwargs)
-      return _run_layer(layer, products[name], arrays[name], args[0])
-    return interceptor
-
-
-def _run_layer(layer: Layer, product_name: str, arrays, x):
-  product = sparse_kernels.products(layer.kind)[product_name]
-  spec = layer.spec
-  if x.shape[-1] != layer.in_features:
-    raise ValueError(f"layer '{layer.name}' was converted for {layer.in_features} input "
-                     f"features, got an input of shape {x.shape}.")
-  x = x.astype(spec.dtype)
-  if layer.kind == "dense":
-    lead = x.shape[:-1]
-    y = product.apply(x.reshape((-1, x.shape[-1])), arrays[product_name], spec)
-    y = y.reshape(lead + (y.shape[-1],))
-  else:
-    y = product.apply(x, arrays[product_name], spec)
-  if layer.has_bias:
-    y = y + arrays["bias"].reshape((1,) * (y.ndim - 1) + (-1,))
-  return y
-
-
-def _batch_norm(module, x, arrays, kwargs):
-  """Flax's eval-mode BatchNorm (linen.normalization._normalize) on the kept channels."""
-  if not nn.merge_param("use_running_average", module.use_running_average,
-                        kwargs.get("use_running_average")):
-    raise ValueError(f"BatchNorm '{path_str(module.scope.path)}' lost channels at conversion "
-                     "and runs only in eval mode (use_running_average=True).")
-  y = x - arrays["mean"]
-  mul = lax.rsqrt(arrays["var"] + module.epsilon)
-  args = [x]
-  if module.use_scale:
-    scale = arrays["scale"]
-    if not module.force_float32_reductions:
-      scale = jnp.asarray(scale, module.param_dtype)
-    mul = mul * scale
-    args.append(scale)
-  y = y * mul
-  if module.use_bias:
-    bias = arrays["bias"]
-    if not module.force_float32_reductions:
-      bias = jnp.asarray(bias, module.param_dtype)
-    y = y + bias
-    args.append(bias)
-  return jnp.asarray(y, nn.dtypes.canonicalize_dtype(*args, dtype=module.dtype))
-
-
 # --------------------------------------------------------------------------------------------
 # Conversion.
 
@@ -317,12 +224,18 @@ def convert(model, variables, masks, *, input_shape: Sequence[int],
   remove provably-zero channels. ``verify``: check the logits against the masked dense
   model's (float32 layers: within 1e-5 * max(1, |logit|)).
   """
-  if "params" not in variables:
-    raise ValueError("variables must hold a 'params' collection.")
-  check_masks(variables["params"], masks)
+  if not isinstance(model, nn.Module):
+    raise TypeError(f"model must be a Flax Linen module (flax.linen.Module), got "
+                    f"{type(model).__name__}; Flax NNX modules are called directly and cannot "
+                    "be intercepted: convert with a Linen model (nnx.bridge) instead.")
+  if not isinstance(variables, Mapping) or "params" not in variables:
+    raise ValueError("variables must be a mapping with a 'params' collection.")
+  variables = jax.device_get(dict(variables))
+  masks = full_masks(variables["params"], jax.device_get(masks))
   batch_sizes = _check_batch_sizes(batch_sizes)
   apply_kwargs = dict(apply_kwargs or {})
-  variables = masked_variables(jax.device_get(variables), jax.device_get(masks))
+  source = (variables, masks)
+  variables = masked_variables(variables, masks)
   analysis = _analyze(model, variables, masks, input_shape, input_dtype, apply_kwargs,
                       remove_channels)
   plan = {"version": PLAN_VERSION, "batch_sizes": list(batch_sizes), "layers": {},
@@ -341,6 +254,7 @@ def convert(model, variables, masks, *, input_shape: Sequence[int],
   sparse = build(plan)
   if verify:
     verify_logits(sparse, model, variables, input_shape, input_dtype)
+  sparse.source = source
   return sparse
 
 
@@ -584,35 +498,145 @@ def from_plan(model, variables, masks, plan, *, input_shape, apply_kwargs=None,
   return sparse
 
 
-def format_plan(plan) -> str:
-  """The plan as a table: per layer, shape, kept weights, channels removed, product per batch."""
-  batches = [str(b) for b in plan["batch_sizes"]]
-  rows = [["layer", "kernel", "kept", "density", "removed out/in"]
-          + [f"product @{b}" for b in batches] + [f"dense/chosen us @{b}" for b in batches]]
-  for name, e in plan["layers"].items():
-    times = []
-    for b in batches:
-      measured = e["measured_us"].get(b, {})
-      chosen = e["products"][b]
-      times.append(f"{measured.get('dense', float('nan')):.1f}/{measured.get(chosen, float('nan')):.1f}"
-                   if measured else "-")
-    rows.append([name, "x".join(map(str, e["kernel_shape"])), str(e["kept"]),
-                 f"{e['density']:.3f}", f"{len(e['out_removed'])}/{len(e['in_removed'])}"]
-                + [e["products"][b] for b in batches] + times)
-  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-  for b in batches:
-    e2e = plan["end_to_end_us"].get(b)
-    if e2e:
-      lines.append(f"end to end @{b}: " + ", ".join(
-          f"{k} {v:.1f} us" for k, v in e2e.items() if k != "chosen")
-                   + f"; chosen: {e2e['chosen']}")
-  for name, entry in plan["norms"].items():
-    lines.append(f"BatchNorm {name}: keeps {len(entry['kept'])} channels")
-  for name, channels in plan["kept_constant"].items():
-    lines.append(f"{name}: dead channels {channels} kept (nonzero constant after activation)")
-  for name, why in plan["why_not_removed"].items():
-    lines.append(f"{name}: dead channels kept: {why}")
-  for name, why in plan["not_planned"].items():
-    lines.append(f"{name}: runs as written ({why})")
-  return "\n".join(lines)
+# --------------------------------------------------------------------------------------------
+# The export (sparse_export) with the plan, and the command line.
+
+EXPORT_FILE = "final_export.sx"  # beside final_weights.npz
+PLAN_KEY = "sparse_inference_plan"
+
+
+def save(path, sparse: SparseModel, *, metadata: Optional[Mapping] = None):
+  """Writes the compact export (sparse_export.save) of the model `sparse` was converted from,
+  with its plan in the metadata (under PLAN_KEY); returns the export's ExportStats."""
+  from signin_jax import sparse_export  # pylint: disable=g-import-not-at-top
+  if sparse.source is None:
+    raise ValueError("this SparseModel was not made by convert(); save the export with "
+                     "sparse_export.save instead.")
+  variables, masks = sparse.source
+  meta = dict(metadata or {})
+  meta[PLAN_KEY] = sparse.plan
+  return sparse_export.save(path, params=masked_variables(variables, masks)["params"],
+                            masks=masks, batch_stats=variables.get("batch_stats"),
+                            metadata=meta)
+
+
+def load(path, model, *, input_shape, apply_kwargs=None, input_dtype=jnp.float32,
+         verify: bool = True) -> SparseModel:
+  """The SparseModel of an export written by :func:`save`, running its saved plan."""
+  from signin_jax import sparse_export  # pylint: disable=g-import-not-at-top
+  exported = sparse_export.load(path)
+  plan = (exported.metadata or {}).get(PLAN_KEY) if isinstance(exported.metadata, Mapping) \
+      else None
+  if plan is None:
+    raise ValueError(f"{path} holds no sparse-inference plan (metadata key {PLAN_KEY!r}); "
+                     "convert() its weights instead.")
+  variables = {"params": exported.params}
+  if exported.batch_stats is not None:
+    variables["batch_stats"] = exported.batch_stats
+  sparse = from_plan(model, variables, exported.masks, plan, input_shape=input_shape,
+                     apply_kwargs=apply_kwargs, input_dtype=input_dtype, verify=verify)
+  sparse.source = (variables, full_masks(variables["params"], exported.masks))
+  return sparse
+
+
+def _nested(flat: Mapping[str, np.ndarray], prefix: str):
+  out = {}
+  for key, value in flat.items():
+    if not key.startswith(prefix + "/"):
+      continue
+    node = out
+    parts = key[len(prefix) + 1:].split("/")
+    for part in parts[:-1]:
+      node = node.setdefault(part, {})
+    node[parts[-1]] = value
+  return out
+
+
+def run_from_workdir(workdir: str, *, batch_sizes=None, measure: Optional[Measure] = None):
+  """(model, variables, masks, input_shape, batch sizes, config) of a finished run."""
+  from signin_jax import input_pipeline, models  # pylint: disable=g-import-not-at-top
+  config_path = os.path.join(workdir, "config.json")
+  weights_path = os.path.join(workdir, "final_weights.npz")
+  for path in (config_path, weights_path):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} does not exist: WORKDIR must be a finished run.")
+  with open(config_path, encoding="utf-8") as f:
+    config = json.load(f)
+  with np.load(weights_path) as data:
+    arrays = {k: data[k] for k in data.files}
+  params = _nested(arrays, "params")
+  batch_stats = _nested(arrays, "batch_stats")
+  saved_masks = _nested(arrays, "masks")
+  masks = jax.tree.map(lambda p: None, params)
+  masks = _merge(masks, saved_masks)
+  info = input_pipeline.DATASETS[config["dataset"]]
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.get("dtype", "float32")]
+  model = models.get_model(config["model"], num_classes=info.num_classes,
+                           width=config.get("width"), dtype=dtype)
+  variables = {"params": params}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+  sizes = tuple(batch_sizes or (1, int(config["batch_size"])))
+  return model, variables, masks, tuple(info.image_shape), sizes, config
+
+
+def _merge(tree, updates):
+  if isinstance(updates, Mapping):
+    return {k: (_merge(tree[k], updates[k]) if k in updates and k in tree else tree.get(k))
+            for k in tree} | {k: v for k, v in updates.items() if k not in tree}
+  return updates
+
+
+def main(argv=None) -> int:
+  """``python -m signin_jax.sparse_inference WORKDIR``: see the module docstring."""
+  parser = argparse.ArgumentParser(
+      prog="python -m signin_jax.sparse_inference",
+      description="Convert a finished run to sparse inference and measure it against dense.")
+  parser.add_argument("workdir")
+  parser.add_argument("--batch-sizes", default=None,
+                      help="comma-separated batch sizes to plan and measure (default: 1 and "
+                           "the run's batch_size)")
+  parser.add_argument("--rounds", type=int, default=7, help="timing rounds (medians)")
+  args = parser.parse_args(argv)
+  sizes = None
+  if args.batch_sizes:
+    sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+  model, variables, masks, input_shape, sizes, config = run_from_workdir(args.workdir,
+                                                                         batch_sizes=sizes)
+  measure = lambda n, b, fns: measure_median(n, b, fns, rounds=args.rounds)
+  export_path = os.path.join(args.workdir, EXPORT_FILE)
+  apply_kwargs = {"train": False}
+  start = time.perf_counter()
+  if os.path.exists(export_path) and _has_plan(export_path, sizes):
+    sparse = load(export_path, model, input_shape=input_shape, apply_kwargs=apply_kwargs)
+    how = f"loaded from {export_path}"
+  else:
+    sparse = convert(model, variables, masks, input_shape=input_shape, batch_sizes=sizes,
+                     apply_kwargs=apply_kwargs, measure=measure)
+    stats = save(export_path, sparse, metadata={"model": config["model"], "config": config})
+    how = (f"converted and written to {export_path} ({stats.file_bytes:,} bytes; masked "
+           f"tensors {stats.masked_share:.2%} of their dense float32 bytes)")
+  print(f"{config['model']} from {args.workdir}: {how} in {time.perf_counter() - start:.1f} s")
+  print(format_plan(sparse.plan))
+  reference = jax.jit(lambda v, x: model.apply(v, x, **apply_kwargs))
+  dense_variables = masked_variables(*sparse.source)
+  print("\nMeasured now (medians of alternated rounds, seconds per call of the whole model):")
+  for batch in sizes:
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch,) + input_shape),
+                    jnp.float32)
+    times = measure("<cli>", batch, {"dense": lambda: reference(dense_variables, x),
+                                     "sparse": lambda: sparse(x)})
+    print(f"  batch {batch:>5}: dense {times['dense'] * 1e6:10.1f} us, sparse "
+          f"{times['sparse'] * 1e6:10.1f} us: {times['dense'] / times['sparse']:.2f}x")
+  return 0
+
+
+def _has_plan(path, sizes) -> bool:
+  from signin_jax import sparse_export  # pylint: disable=g-import-not-at-top
+  metadata = sparse_export.load(path).metadata
+  plan = metadata.get(PLAN_KEY) if isinstance(metadata, Mapping) else None
+  return bool(plan) and sorted(plan["batch_sizes"]) == sorted(set(sizes))
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -115,7 +115,7 @@ def tile_kernel_source(lanes: int, chains: int) -> str:
       "      " + " = ".join(flat) + " = zero",
       "      start = _U(indptr[j])",
       "      stop = _U(indptr[j + one])",
-      f"      k = start",
+      "      k = start",
       f"      while k + _U({chains}) <= stop:",
   ]
   for c in range(chains):
