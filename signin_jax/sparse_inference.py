@@ -447,10 +447,11 @@ def verify_logits(sparse: SparseModel, model, variables, input_shape, input_dtyp
   float64 (else within the compute dtype's resolution)."""
   dtypes = {np.dtype(l.spec.dtype) for l in sparse.layers.values()}
   tolerance = 1e-5 if dtypes <= {np.dtype(np.float32), np.dtype(np.float64)} else 2e-2
+  reference = jax.jit(lambda v, x: model.apply(v, x, **sparse.apply_kwargs))
   for batch in sparse.plan["batch_sizes"]:
     x = jnp.asarray(np.random.default_rng(2).standard_normal((batch,) + tuple(input_shape)),
                     input_dtype)
-    expected = np.asarray(model.apply(variables, x, **sparse.apply_kwargs), np.float64)
+    expected = np.asarray(reference(variables, x), np.float64)
     got = np.asarray(sparse(x), np.float64)
     error = np.abs(got - expected) / np.maximum(1.0, np.abs(expected))
     if not error.max() <= tolerance:
