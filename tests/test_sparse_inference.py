@@ -9,6 +9,7 @@ the tests time nothing and every product can be forced."""
 
 import json
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -310,3 +311,28 @@ def test_generated_tile_kernels_are_current():
   path = os.path.join(os.path.dirname(sparse_numba.__file__), "sparse_numba_tiles.py")
   with open(path, encoding="utf-8") as f:
     assert f.read() == sparse_numba.tiles_module_source()
+
+
+def test_command_line_converts_a_run_and_reports_speed(tmp_path, capsys):
+  model = models.get_model("lenet300_100", num_classes=10, width=8)
+  variables, masks = init_with_masks(model, (28, 28, 1), 0.9)
+  arrays = {}
+  for prefix, tree in (("params", variables["params"]), ("masks", masks)):
+    for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
+      name = jax.tree_util.keystr(path, simple=True, separator="/")
+      if prefix == "params" or name.endswith("kernel"):  # the trainer saves kernels' masks
+        arrays[f"{prefix}/{name}"] = np.asarray(value)
+  arrays["params/dense1/kernel"] *= arrays["masks/dense1/kernel"]
+  np.savez(tmp_path / "final_weights.npz", **arrays)
+  with open(tmp_path / "config.json", "w", encoding="utf-8") as f:
+    json.dump({"model": "lenet300_100", "width": 8, "dataset": "fashion_mnist",
+               "batch_size": 4, "dtype": "float32"}, f)
+  assert si.main([str(tmp_path), "--rounds", "1"]) == 0
+  out = capsys.readouterr().out
+  assert "converted and written" in out and "dense1" in out
+  assert len(re.findall(r"batch +(1|4): dense .* us, sparse .* us: [\d.]+x", out)) == 2
+  assert os.path.exists(tmp_path / si.EXPORT_FILE)
+  assert si.main([str(tmp_path), "--rounds", "1"]) == 0  # now from the export, no measuring
+  assert "loaded from" in capsys.readouterr().out
+  with pytest.raises(FileNotFoundError, match="finished run"):
+    si.main([str(tmp_path / "missing")])
