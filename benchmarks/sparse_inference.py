@@ -46,6 +46,9 @@ def parse(argv):
   parser.add_argument("--masks", default="erk,trained", help="erk and/or trained")
   parser.add_argument("--batch_sizes", default="1,128")
   parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                      help="wall time (an idle machine) or this process's CPU time (a shared "
+                           "one: leaves out the time other processes hold the core)")
   parser.add_argument("--train_steps", type=int, default=400)
   parser.add_argument("--workdir", default="/tmp/signin_jax_sparse_inference_bench")
   parser.add_argument("--quick", action="store_true",
@@ -65,6 +68,7 @@ import json
 import platform
 import subprocess
 import tempfile
+import time
 
 import jax
 import jax.numpy as jnp
@@ -129,8 +133,10 @@ def trained_model(name, width, sparsity, steps, workdir):
   return model, variables, masks, accuracy
 
 
-def measure(rounds):
-  return lambda name, batch, fns: si.measure_median(name, batch, fns, rounds=rounds)
+def measure(args):
+  clock = time.perf_counter if args.clock == "wall" else time.process_time
+  return lambda name, batch, fns: si.measure_median(name, batch, fns, rounds=args.rounds,
+                                                    clock=clock)
 
 
 def run_one(name, source, sparsity, args):
@@ -143,7 +149,7 @@ def run_one(name, source, sparsity, args):
                                                       args.workdir)
   batches = tuple(int(b) for b in args.batch_sizes.split(","))
   sparse = si.convert(model, variables, masks, input_shape=INPUT_SHAPE, batch_sizes=batches,
-                      apply_kwargs={"train": False}, measure=measure(args.rounds))
+                      apply_kwargs={"train": False}, measure=measure(args))
   with tempfile.TemporaryDirectory() as tmp:
     stats = si.save(os.path.join(tmp, "model.sx"), sparse)
   dense_variables = si.masked_variables(*sparse.source)
@@ -152,9 +158,8 @@ def run_one(name, source, sparsity, args):
   for batch in batches:
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch,) + INPUT_SHAPE),
                     jnp.float32)
-    times = si.measure_median("<benchmark>", batch, {
-        "dense": lambda: reference(dense_variables, x), "sparse": lambda: sparse(x)},
-                              rounds=args.rounds)
+    times = measure(args)("<benchmark>", batch, {
+        "dense": lambda: reference(dense_variables, x), "sparse": lambda: sparse(x)})
     rows.append((batch, times["dense"], times["sparse"]))
   return sparse, stats, rows, accuracy
 
@@ -177,7 +182,8 @@ def layer_table(plan) -> str:
 
 def main(args) -> int:
   print(f"Machine: {machine()}")
-  print(f"Command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}\n")
+  print(f"Command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
+  print(f"Clock: {'wall time' if args.clock == 'wall' else 'CPU time of this process'}\n")
   results = []
   for name in args.models.split(","):
     for source in args.masks.split(","):

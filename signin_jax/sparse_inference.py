@@ -184,25 +184,28 @@ def _slice(kernel, mask, bias, out_removed, in_removed):
 
 
 def measure_median(name: str, batch: int, fns: Dict[str, Callable[[], Any]], *,
-                   rounds: int = 7, min_round_seconds: float = 0.005) -> Dict[str, float]:
+                   rounds: int = 7, min_round_seconds: float = 0.005,
+                   clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
   """Seconds per call of each function: the median over `rounds` of one round's mean, the
-  functions taking turns within every round (so a change of machine load hits them alike)."""
+  functions taking turns within every round (so a change of machine load hits them alike).
+  `clock`: wall time by default; ``time.process_time`` (this process's CPU time, all its
+  threads) leaves out the time other processes hold the CPU, for a shared machine."""
   del name, batch
   calls = {}
   for key, fn in fns.items():
     jax.block_until_ready(fn())  # compile and warm up
-    start = time.perf_counter()
+    start = clock()
     jax.block_until_ready(fn())
-    once = max(time.perf_counter() - start, 1e-6)
+    once = max(clock() - start, 1e-6)
     calls[key] = max(1, min(1000, int(min_round_seconds / once)))
   times = {key: [] for key in fns}
   for _ in range(rounds):
     for key, fn in fns.items():
-      start = time.perf_counter()
+      start = clock()
       for _ in range(calls[key]):
         out = fn()
       jax.block_until_ready(out)
-      times[key].append((time.perf_counter() - start) / calls[key])
+      times[key].append((clock() - start) / calls[key])
   return {key: statistics.median(values) for key, values in times.items()}
 
 
