@@ -224,9 +224,11 @@ def _channel_vector(value: np.ndarray, channels: int) -> Optional[np.ndarray]:
 
 
 def analyze(calls: Sequence[Call], eqns, outputs, shapes, variables,
-            dead: Dict[int, Tuple]) -> Removal:
+            dead: Dict[int, Tuple], planned) -> Removal:
   """The channels that can be removed, for `dead`: call index -> (dead channel indices,
-  their constant output values) of every Conv/Dense producer with dead output channels."""
+  their constant output values) of every Conv/Dense producer with dead output channels.
+  `planned`: the paths of the layers that run planned products (only those can lose input
+  channels)."""
   users: Dict[int, List[Tuple[int, int]]] = {}
   for i, eqn in enumerate(eqns):
     for position, atom in enumerate(eqn.inputs):
@@ -248,7 +250,7 @@ def analyze(calls: Sequence[Call], eqns, outputs, shapes, variables,
       if counts[producer.path] > 1:
         raise _Escape("the module is called more than once")
       consumers, norms = _propagate(tag, calls, eqns, users, marker_out, concrete, shapes,
-                                    variables, counts, output_keys, channels, values)
+                                    variables, counts, output_keys, channels, values, planned)
     except _Escape as e:
       removal.why_not[name] = str(e)
       continue
@@ -308,7 +310,7 @@ def _concrete_values(eqns) -> Dict[int, np.ndarray]:
 
 
 def _propagate(tag, calls, eqns, users, marker_out, concrete, shapes, variables, counts,
-               output_keys, channels, values):
+               output_keys, channels, values, planned):
   """(consumers [(call index, state at its input)], BatchNorm call indices on the way)."""
   start = marker_out[tag]
   n_channels = shapes[start][-1]
@@ -339,7 +341,7 @@ def _propagate(tag, calls, eqns, users, marker_out, concrete, shapes, variables,
           out = _norm_of_constants(call, variables, state.constants, len(shapes[key]))
           norms.append(call_tag)
           todo.append((marker_out[call_tag], state._replace(constants=out)))
-        elif is_layer(call.module):
+        elif is_layer(call.module) and call.path in planned:
           consumers.append((call_tag, state))
         else:
           raise _Escape(f"its channels reach {path_name(call.path)}")
