@@ -25,5 +25,7 @@ setuptools.setup(
             "matplotlib",
         ],
         "test": ["pytest", "chex>=0.1.87"],
+        # Sparse inference (signin_jax.sparse_inference): Flax, and numba for its own kernels.
+        "inference": ["flax>=0.10", "numba>=0.60", "scipy"],
     },
 )
