@@ -33,3 +33,19 @@ def test_pipeline_throughput_prints_both_rates_and_their_ratio(fashion_mnist_dir
   expected = rates["real input pipeline"] / rates["device-resident batch"]
   rounding = expected * sum(0.5 / r for r in rates.values()) + 5e-4
   assert abs(ratio - expected) <= rounding * (1 + 1e-9)
+
+
+@pytest.mark.slow
+def test_sparse_inference_benchmark_prints_plans_ratios_and_goals():
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/sparse_inference.py", "--quick", "--models=lenet300_100",
+       "--clock=cpu"],
+      cwd=REPO, capture_output=True, text=True, timeout=900,
+      env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert "== lenet300_100, erk masks, 95%" in out and "Summary" in out
+  ratios = re.findall(r"end to end @(1|8): dense [\d.]+ us, sparse [\d.]+ us: ([\d.]+)x", out)
+  assert [b for b, _ in ratios] == ["1", "8"] and all(float(r) > 0 for _, r in ratios)
+  assert re.search(r"masked tensors [\d,]+ bytes = [\d.]+% of their dense float32 bytes", out)
+  assert "the 784x300 layer: runs" in out
