@@ -26,5 +26,7 @@ setuptools.setup(
             "tensorboard>=2.16",  # To view the event files (writing needs only TensorFlow).
         ],
         "test": ["pytest", "chex>=0.1.87"],
+        # Sparse inference (signin_jax.sparse_inference): Flax, and numba for its own kernels.
+        "inference": ["flax>=0.10", "numba>=0.60", "scipy"],
     },
 )

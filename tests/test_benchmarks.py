@@ -52,3 +52,19 @@ def test_cpu_settings_benchmark_runs_and_tcmalloc_changes_no_bit():
   assert [kind for kind, _ in rates] == ["without", "tcmalloc"], proc.stdout
   assert "small_cnn parameters after 4 steps, tcmalloc vs without: bitwise identical" in (
       proc.stdout)
+
+
+@pytest.mark.slow
+def test_sparse_inference_benchmark_prints_plans_ratios_and_goals():
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/sparse_inference.py", "--quick", "--models=lenet300_100",
+       "--clock=cpu"],
+      cwd=REPO, capture_output=True, text=True, timeout=900,
+      env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert "== lenet300_100, erk masks, 95%" in out and "Summary" in out
+  ratios = re.findall(r"end to end @(1|8): dense [\d.]+ us, sparse [\d.]+ us: ([\d.]+)x", out)
+  assert [b for b, _ in ratios] == ["1", "8"] and all(float(r) > 0 for _, r in ratios)
+  assert re.search(r"masked tensors [\d,]+ bytes = [\d.]+% of their dense float32 bytes", out)
+  assert "the 784x300 layer: runs" in out

@@ -128,3 +128,28 @@ def test_readme_schedule_snippet_trains_with_rigl_and_changes_the_mask():
                                         method="random", distribution="erk")
   assert any(not np.array_equal(a, b) for a, b in
              zip(jax.tree.leaves(mask), jax.tree.leaves(initial_mask)))  # RigL changed it
+
+
+def test_readme_sparse_inference_snippet_runs(tmp_path, monkeypatch):
+  """The sparse-inference example runs as printed (one timing round per candidate instead of
+  seven, to keep the suite fast) and its logits are the masked dense model's."""
+  from signin_jax import sparse_inference
+
+  with open(README, encoding="utf-8") as f:
+    section = f.read().split("## Sparse inference and the compact export", 1)[1]
+  (snippet,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+  quick = sparse_inference.measure_median
+  monkeypatch.setattr(sparse_inference, "measure_median",
+                      lambda n, b, fns: quick(n, b, fns, rounds=1, min_round_seconds=0.0))
+  monkeypatch.chdir(tmp_path)
+  images = jax.random.normal(jax.random.PRNGKey(3), (3, 28, 28, 1))
+  scope = {"images": images}
+  exec(snippet, scope)  # pylint: disable=exec-used
+  model, variables, mask = scope["model"], scope["variables"], scope["mask"]
+  params = jax.tree.map(lambda p, m: p * m, variables["params"], mask)
+  expected = np.asarray(model.apply({"params": params}, images, train=False))
+  got = np.asarray(scope["logits"])
+  assert np.all(np.abs(got - expected) <= 1e-5 * np.maximum(1.0, np.abs(expected)))
+  np.testing.assert_array_equal(np.asarray(scope["sparse"](images)), got)
+  assert os.path.exists(tmp_path / "lenet_95.sx")
+  assert set(scope["sparse"].plan["layers"]) == {"dense1", "dense2", "classifier"}
