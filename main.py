@@ -3,7 +3,10 @@
     python main.py --config=configs/fashion_mnist_quickstart.py --workdir=workdirs/quickstart
     python main.py --config=configs/cifar10_r20.py --workdir=workdirs/c10 --config.sparsity=0.95
 
-Rerunning with the same --workdir resumes from its latest intact checkpoint.
+Rerunning with the same --workdir resumes from its latest intact checkpoint (under the same
+config: docs/runs.md says which fields may change). Exit codes: 0 finished (summary.json
+written), 143 stopped by SIGTERM after saving a checkpoint (rerun the same command to resume),
+1 an error (its message names the field or file).
 
 Multi-process (README: Scale-out): the same command on every process, plus
 --config.distributed=True; on a Cloud TPU pod or under SLURM that is all (JAX detects the job),
@@ -51,7 +54,10 @@ def main(argv):
     multihost_utils.sync_global_devices("dataset prepared by process 0")
   if jax.process_index() != 0:
     prepare_data.ensure_prepared(config.dataset, config.data_dir)
-  train.train_and_evaluate(config, _WORKDIR.value)
+  result = train.train_and_evaluate(config, _WORKDIR.value)
+  if result.get("preempted"):  # Stopped with a checkpoint: not finished (docs/runs.md).
+    return parallel.EXIT_CODE_PREEMPTED
+  return 0
 
 
 if __name__ == "__main__":

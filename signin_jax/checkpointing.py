@@ -5,8 +5,9 @@ A checkpoint ``<directory>/<step>/`` holds three items:
 * ``state``: the training state (params, BatchNorm statistics, optimizer state with the Sign-In
   factors, step, RNG), as global arrays replicated over all devices;
 * ``extras``: host-side tensors the run needs to continue identically (masks, sign references);
-* ``meta``: JSON: the step, the data position (batches consumed), elapsed time, a fingerprint
-  of the trees' structure, a checksum of every array, and a digest of the metadata itself.
+* ``meta``: JSON: the step, the data position (batches consumed), elapsed time, the run's config
+  (what a resumed run is compared with: resume_config.py), a fingerprint of the trees'
+  structure, a checksum of every array, and a digest of the metadata itself.
 
 Saving is collective (every process calls :func:`save`; orbax coordinates who writes what) and
 atomic: orbax writes into a temporary directory and renames it when complete, so a process
@@ -15,6 +16,8 @@ never saved. On restore, every array is
 checksummed again and compared with ``meta``; a checkpoint that cannot be read or does not
 match is *corrupt*: it is moved aside to ``quarantine_dir`` (never deleted) and the previous
 step is tried. Only keep-N retention (``keep``) ever deletes a written checkpoint.
+:func:`saved_metas` reads the metadata without creating a manager (which deletes unfinished
+saves when it is created), so a run can check a workdir before it is known to be valid.
 
 The checksum of an array is ``sum_i bits(x_i) * (2 i + 1) mod 2**32`` over its elements' bit
 patterns (as uint32). Integer sums are exact in any reduction order, so it is deterministic on
@@ -156,6 +159,35 @@ def save(manager: ocp.CheckpointManager, step: int, *, state, extras, meta: Dict
       state=ocp.args.StandardSave(state),
       extras=ocp.args.StandardSave(extras),
       meta=ocp.args.JsonSave(meta)))
+
+
+def saved_metas(directory: str) -> Dict[int, Dict[str, Any]]:
+  """The metadata of every checkpoint in ``directory`` that reads back intact, by step.
+
+  Read only: unlike :func:`create_manager` (whose orbax manager deletes unfinished saves when it
+  is created), nothing in ``directory`` changes, so a run can look before it is known to be
+  valid. A checkpoint whose metadata cannot be read or fails its digest is left out: it is
+  corrupt, and :func:`restore_latest_good` sets it aside later.
+  """
+  if not metrics.is_remote(directory):
+    directory = os.path.abspath(directory)
+  if not epath.Path(directory).is_dir():
+    return {}
+  manager = ocp.CheckpointManager(directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(
+      read_only=True, create=False, cleanup_tmp_directories=False))
+  found = {}
+  try:
+    for step in manager.all_steps():
+      try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      except Exception:  # pylint: disable=broad-except  # Unreadable: corrupt, handled later.
+        continue
+      if isinstance(meta, dict) and meta.get("meta_digest", _meta_digest(meta)) == _meta_digest(
+          meta):
+        found[step] = meta
+  finally:
+    manager.close()
+  return found
 
 
 def _meta_digest(meta: Dict[str, Any]) -> str:

@@ -2,18 +2,22 @@
 
 Every problem raises ``ValueError`` naming the field (``config.<field>``), the value given and
 what is allowed. :func:`validate_config` needs nothing but the config; :func:`validate_environment`
-also checks it against the devices and the data on this machine.
+also checks it against the devices and the data on this machine; :func:`validate_run` against
+the run's length in steps (export epochs, mask schedules that would never act).
 """
 
 import numbers
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
+
+import numpy as np
 
 from signin_jax import input_pipeline
 from signin_jax import masks as masks_lib
 from signin_jax import models
 from signin_jax import signin
 from signin_jax import sparsity
+from signin_jax import train_steps
 from signin_jax import transfer
 
 PARALLELISM = ("jit", "pmap")
@@ -235,8 +239,9 @@ def _validate_distributed(config) -> None:
               "must be None unless config.distributed=True (it configures a multi-process run)")
 
 
-def validate_environment(config, *, device_count: int) -> None:
-  """Checks that depend on this machine: the device count and the prepared dataset."""
+def validate_environment(config, *, device_count: int, init_from: bool = True) -> None:
+  """Checks that depend on this machine: the device count, the prepared dataset and (unless
+  ``init_from=False``: a resumed run does not read it) ``config.init_from``'s source files."""
   if config.batch_size % device_count:
     _fail("batch_size", config.batch_size,
           f"must be divisible by the number of devices ({device_count}), e.g. "
@@ -252,7 +257,7 @@ def validate_environment(config, *, device_count: int) -> None:
         f"`python -m signin_jax.prepare_data {config.dataset}"
         f"{' --data_dir=' + config.data_dir if config.data_dir else ''}` (main.py does this "
         "itself), or set config.data_dir to where it is prepared.")
-  if config.init_from.workdir is not None:
+  if init_from and config.init_from.workdir is not None:
     transfer.check_available(config.init_from)
   info = input_pipeline.DATASETS[config.dataset]
   for field, default in (("train_split", info.train_split), ("eval_split", info.eval_split)):
@@ -261,3 +266,109 @@ def validate_environment(config, *, device_count: int) -> None:
       _fail(field, _get(config, field),
             f"selects no examples of {config.dataset}'s split {split!r}; give a non-empty "
             "split such as 'train', 'train[:50000]' or 'test'")
+
+
+def validate_run(config, *, steps_per_epoch: int, num_steps: int,
+                 param_shapes: Callable[[], Any]) -> None:
+  """Checks that need the run's length (from the dataset's size), still before anything is built.
+
+  Refused: ``config.export_epochs`` that never end in the run, and a mask schedule that never
+  changes the mask once resolved to steps: GMP, RigL or SET with no update step; RigL or SET
+  whose every update drops ``floor(f(t) * k) = 0`` weights in every layer (``k`` kept, ``f``
+  the annealed drop fraction); AC/DC without a dense phase after its first sparse one.
+  ``param_shapes()`` (the parameters' shapes, e.g. ``run_start.param_shapes``) is called only
+  for those schedules. Messages name the config's fields, and the steps they resolve to.
+  """
+  _validate_export_epochs(config, steps_per_epoch, num_steps)
+  if config.schedule.method == "static" or config.sparsity == 0.0:
+    return
+  _validate_schedule_acts(config, num_steps, param_shapes)
+
+
+def _validate_export_epochs(config, steps_per_epoch: int, num_steps: int) -> None:
+  last = num_steps // steps_per_epoch  # Epoch k ends at step k * steps_per_epoch.
+  beyond = [e for e in config.export_epochs if e > last]
+  if beyond:
+    _fail("export_epochs", config.export_epochs,
+          f"epoch{'s' if len(beyond) > 1 else ''} {', '.join(map(str, beyond))} never "
+          f"end{'' if len(beyond) > 1 else 's'}: the run has {num_steps} steps, "
+          f"{steps_per_epoch} per epoch, so epochs 0 to {last} end in it (0: the "
+          "initialization); drop the others or lengthen the run")
+
+
+def _validate_schedule_acts(config, num_steps: int, param_shapes: Callable[[], Any]) -> None:
+  method, s = config.schedule.method, config.schedule
+  step = lambda fraction: int(round(fraction * num_steps))  # As sparsity.create_schedule.
+  of_run = f"of the run's {num_steps} steps"
+  if method == "gmp" and step(s.end) <= step(s.start):
+    _fail("schedule.end", s.end,
+          f"GMP would prune from step {step(s.start)} (config.schedule.start={s.start} {of_run}) "
+          f"to step {step(s.end)} (config.schedule.end={s.end}): no steps to prune over; set "
+          "config.schedule.end so that the two steps differ")
+  if method == "acdc":
+    warmup, final = step(s.warmup), max(step(s.final), 1)
+    if warmup > num_steps - final:
+      _fail("schedule.warmup", s.warmup,
+            f"the dense warm-up ends at step {warmup} (config.schedule.warmup={s.warmup} "
+            f"{of_run}), after the final sparse phase begins (its last {final} steps, "
+            f"config.schedule.final={s.final}); lower one of the two")
+  schedule = train_steps.mask_schedule(config, param_shapes(), num_steps=num_steps)
+  if method in ("gmp", "rigl", "set") and not schedule.update_steps:
+    start, end = step(s.start), step(s.end)
+    _fail("schedule.update_every_steps", s.update_every_steps,
+          f"the mask never changes: with config.schedule.method={method!r} it changes at the "
+          f"multiples of {s.update_every_steps} steps from step {max(start, 1)} "
+          f"(config.schedule.start={s.start}) to step {end} (config.schedule.end={s.end} "
+          f"{of_run}), and there are none; "
+          + (f"set it to at most {end}" if end >= max(start, 1) else
+             "widen config.schedule.start to config.schedule.end"))
+  if method in ("rigl", "set"):
+    _validate_drops(config, schedule, num_steps)
+  if method == "acdc":
+    _validate_acdc_alternates(config, schedule, num_steps)
+
+
+def _validate_drops(config, schedule, num_steps: int) -> None:
+  """RigL and SET drop floor(f(t) * k) weights per layer at an update at step t (k kept, f the
+  annealed drop fraction; sparsity.rigl), in float32 as they do."""
+  s = config.schedule
+  fractions = np.asarray(sparsity.drop_fraction_at(
+      np.asarray(schedule.update_steps), drop_fraction=s.drop_fraction,
+      start_step=int(round(s.start * num_steps)), end_step=int(round(s.end * num_steps)),
+      anneal=s.drop_fraction_anneal), np.float32)
+  fractions = np.broadcast_to(fractions, (len(schedule.update_steps),))
+  counts = np.asarray(schedule.target_counts, np.float32)
+  dropped = fractions[:, None] * counts
+  if np.any(np.floor(dropped) >= 1):
+    return
+  largest = float(dropped.max()) if dropped.size else 0.0
+  _fail("schedule.drop_fraction", s.drop_fraction,
+        f"with config.schedule.method={s.method!r} every update drops no weight: floor(f * k) "
+        f"= 0 for each layer's k kept weights (at most {int(counts.max())}) at each of the "
+        f"{len(fractions)} updates, f being config.schedule.drop_fraction annealed by "
+        f"config.schedule.drop_fraction_anneal={s.drop_fraction_anneal!r} (f <= "
+        f"{float(fractions.max()):.4g}); raise it to at least "
+        f"{s.drop_fraction / largest if largest else float('inf'):.3g}")
+
+
+def _validate_acdc_alternates(config, schedule, num_steps: int) -> None:
+  """AC/DC's updates alternate sparse and dense phases; the first is sparse (sparsity.acdc)."""
+  counts = np.asarray(schedule.target_counts)
+  if any(not np.array_equal(row, counts[0]) for row in counts[1:]):
+    return  # A dense phase follows the first sparse one.
+  s = config.schedule
+  step = lambda fraction: int(round(fraction * num_steps))
+  warmup, final = step(s.warmup), max(step(s.final), 1)
+  between = num_steps - final - warmup
+  if between < 2:
+    _fail("schedule.final", s.final,
+          f"AC/DC has no dense phase after its first sparse one: the dense warm-up "
+          f"(config.schedule.warmup={s.warmup}: {warmup} steps) and the final sparse phase "
+          f"(config.schedule.final={s.final}: {final} steps) leave {between} of the run's "
+          f"{num_steps} steps to alternate sparse and dense phases in, and that takes at "
+          "least 2; lower one of the two")
+  _fail("schedule.phase", s.phase,
+        f"AC/DC has no dense phase after its first sparse one: that phase, "
+        f"{max(step(s.phase), 1)} steps long (config.schedule.phase={s.phase} of the run's "
+        f"{num_steps} steps), fills the {between} steps between the dense warm-up and the "
+        f"final sparse phase; set it to at most {(between - 1) / num_steps:.4g}")

@@ -15,6 +15,7 @@ Everything here works on host numpy copies of the parameters (one replica), keye
 Totals (``'total'``) weight every layer by its number of counted entries.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -27,6 +28,7 @@ import numpy as np
 import optax
 
 from signin_jax import masks as masks_lib
+from signin_jax import run_files
 
 TOTAL = "total"
 
@@ -153,7 +155,8 @@ class JsonLinesWriter:
     if self._remote:
       self._lines.append(line)
     else:
-      self._file.write(line)
+      with self._naming_the_file():
+        self._file.write(line)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]):
     self._write({"step": int(step), "time": time.time(),
@@ -163,16 +166,26 @@ class JsonLinesWriter:
     self._write({"hparams": json.loads(json.dumps(dict(hparams), default=str))})
 
   def flush(self):
-    if self._remote:
-      self._path.write_text("".join(self._lines))
-    else:
-      self._file.flush()
+    with self._naming_the_file():
+      if self._remote:
+        self._path.write_text("".join(self._lines))
+      else:
+        self._file.flush()
 
   def close(self):
     if self._remote:
       self.flush()
     elif not self._file.closed:
-      self._file.close()
+      with self._naming_the_file():
+        self._file.close()
+
+  @contextlib.contextmanager
+  def _naming_the_file(self):
+    """A failed write (a full disk) raises an OSError that names metrics.jsonl."""
+    try:
+      yield
+    except OSError as e:
+      raise run_files.naming(e, str(self._path)) from e
 
 
 class TensorBoardWriter:

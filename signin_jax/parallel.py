@@ -144,6 +144,12 @@ def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
 # --------------------------------------------------------------------------------------------
 # Preemption (SIGTERM).
 
+# What main.py exits with after a SIGTERM stopped the run with a checkpoint: 128 + SIGTERM, the
+# status a shell reports for a process ended by SIGTERM. Not 0: `a && b` does not go on to b,
+# SLURM records the job as not completed (afterok dependencies wait) and a script can tell a
+# stopped run (rerun the same command to resume) from a finished one (0) or a failed one (1).
+EXIT_CODE_PREEMPTED = 128 + signal.SIGTERM
+
 class PreemptionWatch:
   """Reports, at step boundaries, that the job was asked to stop (SIGTERM / preemption notice).
 

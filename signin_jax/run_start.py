@@ -153,6 +153,28 @@ def check_resumable(meta: Dict[str, Any], *, step: int, steps_per_epoch: int,
         jax.process_count(), jax.device_count())
 
 
+def run_length(config) -> Tuple[int, int]:
+  """``(steps_per_epoch, num_steps)`` of the run: read off the dataset's info, nothing built."""
+  steps_per_epoch = input_pipeline.steps_per_epoch(
+      config.dataset, config.batch_size, data_dir=config.data_dir,
+      process_count=jax.process_count(), split=config.train_split)
+  num_steps = (config.num_train_steps if config.num_train_steps > 0
+               else int(np.ceil(config.num_epochs * steps_per_epoch)))
+  return steps_per_epoch, num_steps
+
+
+def param_shapes(config):
+  """A tree like the model's parameters, for checks that need only their shapes and dtypes:
+  zero-strided numpy views of one zero each (no memory; ``jax.eval_shape`` of the model's init:
+  nothing is compiled)."""
+  dataset = input_pipeline.DATASETS[config.dataset]
+  model = create_model(config, num_classes=dataset.num_classes)
+  image = jax.ShapeDtypeStruct((1,) + tuple(dataset.image_shape), jnp.float32)
+  shapes = jax.eval_shape(
+      lambda x: model.init({"params": jax.random.PRNGKey(0)}, x, train=False), image)["params"]
+  return jax.tree.map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), shapes)
+
+
 class RunStart(NamedTuple):
   """What a run starts from, all deterministic functions of the config (and its seed)."""
   dataset: input_pipeline.DatasetInfo
@@ -165,18 +187,23 @@ class RunStart(NamedTuple):
   masks: Optional[Any]  # None for a dense run.
   tx: optax.GradientTransformation
   state: train_steps.TrainState  # Step 0: masked parameters and the optimizer's initial state.
+  # True when built for a resume without reading config.init_from's source: the masks and the
+  # state then have the right structure but not the source's values; only a checkpoint's state
+  # may be trained from.
+  structure_only: bool = False
 
 
-def create_run_start(config: ml_collections.ConfigDict, *, check_masks: bool = True) -> RunStart:
+def create_run_start(config: ml_collections.ConfigDict, *, resuming: bool = False) -> RunStart:
   """The model, masks, optimizer and initial state of a run, as ``train.train_and_evaluate``
-  (and the benchmarks, to measure exactly what it runs) builds them. ``check_masks``: refuse
-  initial masks the schedule cannot start from (False for a run that resumes)."""
+  (and the benchmarks, to measure exactly what it runs) builds them.
+
+  ``resuming``: the state will come from a checkpoint, which holds everything the run needs; a
+  ``config.init_from`` source is then not read (it may have moved away since the run started),
+  the result is ``structure_only``, and the initial masks are not checked against the schedule
+  (a fresh start refuses masks the schedule cannot start from).
+  """
   dataset = input_pipeline.DATASETS[config.dataset]
-  steps_per_epoch = input_pipeline.steps_per_epoch(
-      config.dataset, config.batch_size, data_dir=config.data_dir,
-      process_count=jax.process_count(), split=config.train_split)
-  num_steps = (config.num_train_steps if config.num_train_steps > 0
-               else int(np.ceil(config.num_epochs * steps_per_epoch)))
+  steps_per_epoch, num_steps = run_length(config)
   data_kwargs = dict(data_dir=config.data_dir, augment=config.augment,
                      process_index=jax.process_index(),
                      process_count=jax.process_count(), split=config.train_split)
@@ -197,16 +224,17 @@ def create_run_start(config: ml_collections.ConfigDict, *, check_masks: bool = T
     return multihost_utils.process_allgather(local, tiled=True)
 
   source = None
-  if config.init_from.workdir:  # Another run's mask (and signs or magnitudes): checked first.
+  structure_only = bool(config.init_from.workdir) and resuming
+  if config.init_from.workdir and not resuming:  # Another run's mask (and signs or magnitudes).
     source = transfer.load_source(config.init_from, params, sparsity=config.sparsity)
     masks = transfer.masks_from(source, params)
   else:
     masks = create_masks(config, mask_key, params, apply_fn=model.apply,
                          batch_stats=batch_stats, input_shape=input_shape,
                          sample_batch=sample_batch)
-  tx = train_steps.create_optimizer(config, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
-                        masks=masks, params=params, key=jax.random.fold_in(mask_key, 1),
-                        check_masks=check_masks)
+  tx = train_steps.create_optimizer(
+      config, steps_per_epoch=steps_per_epoch, num_steps=num_steps, masks=masks, params=params,
+      key=jax.random.fold_in(mask_key, 1), check_masks=not resuming)
 
   def masked_init(params, masks):
     if masks is not None:
@@ -234,4 +262,5 @@ def create_run_start(config: ml_collections.ConfigDict, *, check_masks: bool = T
                                  batch_stats=batch_stats, opt_state=opt_state, rng=train_key)
   return RunStart(dataset=dataset, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
                   data_kwargs=data_kwargs, model=model, variables=variables,
-                  input_shape=input_shape, masks=masks, tx=tx, state=state)
+                  input_shape=input_shape, masks=masks, tx=tx, state=state,
+                  structure_only=structure_only)

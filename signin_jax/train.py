@@ -9,6 +9,8 @@ It composes helpers that each live in their own module and never import this one
     parallel.py     joining a multi-process job, pmap / jit over a Mesh, prefetch, preemption
     run_start.py    model, masks, optimizer and initial state; mask digests; resume checks
     run_files.py    the workdir's files, written atomically
+    workdir_lock.py one run per workdir (a second run stops at once)
+    resume_config.py  which config fields a resumed run may change
 
 Every kind of run (dense, PaI, Sign-In, each mask schedule) differs only in the optimizer, so
 every comparison is like for like.
@@ -20,13 +22,23 @@ orbax. Determinism: the data pipeline is a function of (seed, step), the per-ste
 as the uninterrupted run would have.
 
 Outputs in ``workdir``: ``checkpoints/``, TensorBoard event files, ``metrics.jsonl``,
-``config.json``, ``weights/epoch_<k>.npz`` for every epoch k of ``config.export_epochs``, and at
-the end ``summary.json`` and ``final_weights.npz`` (theta, the trained sparse weights, the
-BatchNorm statistics and the masks; what ``config.init_from`` of a later run reads).
+``config.json`` (written once the run is known to be valid), ``weights/epoch_<k>.npz`` for every
+epoch k of ``config.export_epochs``, ``run.lock`` while the run holds the workdir, and at the
+end, in this order:
+
+    final_weights.npz  theta (the trained sparse weights), BatchNorm statistics, masks: what
+                       config.init_from of a later run reads
+    final_weights.sjx  the same, compact and lossless (signin_jax.sparse_export)
+    report.png         the run's figure (signin_jax.report; a failure to draw is only logged)
+    summary.json       LAST: a summary means every other file is there. A file added to the end
+                       of a run goes before it (_finish).
+
+What a run does when it is refused, stopped, run twice or out of disk: docs/runs.md.
 """
 
 import collections
 import dataclasses
+import errno
 import logging as logging_std
 import os
 import time
@@ -35,6 +47,7 @@ from typing import Any, Dict, Optional, Tuple
 from absl import logging
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
@@ -46,12 +59,21 @@ from signin_jax import masks as masks_lib
 from signin_jax import metrics
 from signin_jax import models
 from signin_jax import parallel
+from signin_jax import report
+from signin_jax import resume_config
 from signin_jax import run_files
 from signin_jax import run_start
 from signin_jax import signin
+from signin_jax import sparse_export
 from signin_jax import sparsity as sparsity_lib
 from signin_jax import train_steps
 from signin_jax import transfer
+from signin_jax import workdir_lock
+
+
+# The compact lossless export of the final network (signin_jax.sparse_export), beside
+# final_weights.npz (transfer.weights_file), which config.init_from of a later run reads.
+EXPORT_FILE = "final_weights.sjx"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -101,33 +123,65 @@ def _quiet_library_info_logs() -> None:
     if fragment not in present:
       absl_logger.addFilter(_DropInfoFrom(fragment))
 
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming from its checkpoints) and evaluates it.
 
   Returns the summary also written to ``workdir/summary.json``; if the run was asked to stop
-  (SIGTERM / preemption) it saves a checkpoint and returns ``{'preempted': True, 'step': s}``.
+  (SIGTERM / preemption) it saves a checkpoint and returns ``{'preempted': True, 'step': s}``
+  (main.py then exits with ``parallel.EXIT_CODE_PREEMPTED``).
 
   Raises:
-    ValueError: invalid config (before anything is compiled).
+    ValueError: invalid config, or a checkpoint written under another config (before anything
+      is compiled or written).
+    workdir_lock.WorkdirLockedError: another run holds the workdir (nothing is touched).
     NonFiniteLossError: the loss or the state became non-finite; the last good checkpoint stays.
+    OSError: a file could not be written (a full disk); the message names the file or workdir.
   """
   config_validation.validate_config(config)
   _quiet_library_info_logs()
   parallel.initialize_distributed(config)
-  config_validation.validate_environment(config, device_count=jax.device_count())
+  # init_from's source files are checked below, once it is known whether this run resumes.
+  config_validation.validate_environment(config, device_count=jax.device_count(),
+                                         init_from=False)
+  steps_per_epoch, num_steps = run_start.run_length(config)
+  config_validation.validate_run(config, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
+                                 param_shapes=lambda: run_start.param_shapes(config))
   started = time.time()
-  workdir = _prepare_workdir(config, workdir)
-  # Model, masks, optimizer, state: functions of the seed. Only a fresh start checks its masks
-  # against the schedule: a resumed run's masks come from its checkpoint.
-  fresh = not checkpointing.finished_steps(os.path.join(workdir, "checkpoints"))
-  run = run_start.create_run_start(config, check_masks=fresh)
-  manager = checkpointing.create_manager(os.path.join(workdir, "checkpoints"),
-                                         keep=config.keep_checkpoints)
+  workdir = workdir if metrics.is_remote(workdir) else os.path.abspath(workdir)
+  try:
+    with workdir_lock.acquire(workdir):  # A second run on this workdir stops here.
+      return _run(config, workdir, started=started)
+  except OSError as e:  # E.g. orbax's or TensorFlow's own writes on a full disk.
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and workdir not in str(e):
+      raise run_files.naming(e, f"writing the run's files in {workdir}") from e
+    raise
+
+
+def _run(config, workdir: str, *, started: float) -> Dict[str, Any]:
+  """The run, once this process (or its job) holds the workdir."""
+  # Nothing in the workdir changes until the run is known to be valid: the checkpoints are read
+  # without orbax's manager (which deletes unfinished saves when it is created), config.json is
+  # written once the start is built.
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  saved = checkpointing.saved_metas(checkpoint_dir)
+  resume_config.check({step: meta.get("config") for step, meta in saved.items()}, config,
+                      directory=checkpoint_dir)
+  if config.init_from.workdir and not saved:  # Resumed runs do not read the source.
+    transfer.check_available(config.init_from)
+  run = run_start.create_run_start(config, resuming=bool(saved))
+  if jax.process_index() == 0:
+    run_files.write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())
+  manager = checkpointing.create_manager(checkpoint_dir, keep=config.keep_checkpoints)
   closers = [manager.close]
   try:
     progress = _resume(config, run, manager, workdir, started=started)
+    if progress.start_step == 0 and run.structure_only:  # No checkpoint was intact after all.
+      transfer.check_available(config.init_from)
+      run = run_start.create_run_start(config)
+      progress = _resume(config, run, manager, workdir, started=started)
     parallelism = parallel.create_parallelism(config, model=run.model, tx=run.tx,
-                                     num_classes=run.dataset.num_classes)
+                                              num_classes=run.dataset.num_classes)
     progress.state = parallelism.put_state(progress.state)
     writer = metrics.create_writer(workdir, is_main_process=jax.process_index() == 0)
     preemption = parallel.PreemptionWatch()
@@ -138,7 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     stopped_at = _train(config, run, parallelism, progress, manager, writer, preemption)
     if stopped_at is not None:
       return {"preempted": True, "step": stopped_at}
-    return _finish(config, run, parallelism, progress, manager, workdir)
+    return _finish(config, run, parallelism, progress, manager, writer, workdir)
   finally:
     for close in reversed(closers):
       close()
@@ -164,14 +218,6 @@ class _Progress:
 
   def elapsed(self) -> float:
     return self.elapsed_before + time.time() - self.started
-
-
-def _prepare_workdir(config, workdir: str) -> str:
-  workdir = workdir if metrics.is_remote(workdir) else os.path.abspath(workdir)
-  if jax.process_index() == 0:
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    run_files.write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())
-  return workdir
 
 
 def _resume(config, run: run_start.RunStart, manager, workdir: str, *, started: float) -> _Progress:
@@ -202,7 +248,8 @@ def _resume(config, run: run_start.RunStart, manager, workdir: str, *, started: 
   progress.extras = jax.tree.map(parallel.local_replica, restored.extras)
   progress.start_step = int(parallel.local_replica(restored.state.step))
   progress.elapsed_before = float(restored.meta.get("elapsed_seconds", 0.0))
-  if any(not np.array_equal(progress.extras["init_masks"][k], v) for k, v in masks.items()):
+  if not run.structure_only and any(not np.array_equal(progress.extras["init_masks"][k], v)
+                                    for k, v in masks.items()):
     # Data-dependent scores on other hardware, say; the masks in use are in the state.
     logging.warning("The initial masks computed now differ from the checkpoint's; continuing "
                     "with the checkpoint's.")
@@ -224,7 +271,7 @@ def _log_start(config, run: run_start.RunStart, writer, *, start_step: int) -> N
   if jax.process_index() != 0:
     return
   params = run.state.params
-  if run.masks is not None:
+  if run.masks is not None and not run.structure_only:  # Else the checkpoint's masks are used.
     positions = models.output_positions(run.model, run.variables, run.input_shape)
     logging.info("Per-layer density%s:\n%s",
                  "" if config.schedule.method == "static" else " at the start (the schedule "
@@ -292,12 +339,17 @@ def _train(config, run: run_start.RunStart, parallelism: parallel.Parallelism,
       _end_of_epoch(config, run, parallelism, progress, writer, step, entering_last_step)
       timer.update(time=time.time(), step=step)  # Keep eval time out of images/s and ETA.
     if save_now:
-      _save_checkpoint(run, parallelism, progress, manager, writer, step)
+      _save_checkpoint(config, run, parallelism, progress, manager, writer, step)
     if preempted and not is_last:
       manager.wait_until_finished()
       writer.flush()
+      if jax.process_count() > 1:
+        # No process exits before every one has saved: under `srun --kill-on-bad-exit=1` the
+        # first non-zero exit (EXIT_CODE_PREEMPTED) ends the others at once.
+        multihost_utils.sync_global_devices(f"checkpoint of step {step} saved before stopping")
       logging.warning("Stop requested (SIGTERM/preemption): saved the checkpoint at step %d "
-                      "in %s; rerun the same command to resume.", step, manager.directory)
+                      "in %s; rerun the same command to resume (main.py exits with %d).",
+                      step, manager.directory, parallel.EXIT_CODE_PREEMPTED)
       return step
   return None
 
@@ -386,7 +438,10 @@ def _export_weights(parallelism, progress, epoch: int) -> None:
     run_files.save_npz_atomically(path, arrays)
 
 
-def _save_checkpoint(run, parallelism, progress, manager, writer, step: int) -> None:
+def _save_checkpoint(config, run, parallelism, progress, manager, writer, step: int) -> None:
+  # The metrics up to this step reach the disk first, so that a run killed right after the save
+  # (which a resume continues after) lost none of them. On gs:// a flush rewrites metrics.jsonl.
+  writer.flush()
   try:
     checkpointing.save(manager, step, state=parallelism.canonical(progress.state),
                        extras=progress.canonical_extras, meta={
@@ -394,14 +449,15 @@ def _save_checkpoint(run, parallelism, progress, manager, writer, step: int) -> 
                            "steps_per_epoch": run.steps_per_epoch,
                            "process_count": jax.process_count(),
                            "device_count": jax.device_count(),
-                           "elapsed_seconds": progress.elapsed()})
+                           "elapsed_seconds": progress.elapsed(),
+                           "config": resume_config.record(config)})
   except checkpointing.NonFiniteStateError as e:
     raise NonFiniteLossError(_non_finite_message(step, "the training state", manager)) from e
-  writer.flush()  # On gs:// metrics.jsonl is rewritten at a flush: keep it as current as this.
 
 
-def _finish(config, run, parallelism, progress, manager, workdir: str) -> Dict[str, Any]:
-  """The final evaluation, summary.json and final_weights.npz."""
+def _finish(config, run, parallelism, progress, manager, writer, workdir: str) -> Dict[str, Any]:
+  """The final evaluation, then (process 0) the end-of-run files in this order: final_weights.npz,
+  final_weights.sjx, report.png, summary.json. The summary comes last, so that it means done."""
   manager.wait_until_finished()
   state = progress.state
   if progress.last_eval is None or progress.last_eval["step"] != run.num_steps:
@@ -425,16 +481,53 @@ def _finish(config, run, parallelism, progress, manager, workdir: str) -> Dict[s
       "config": config.to_dict(),
   }
   arrays = _weight_arrays(parallelism, state, progress.tracked)
-  if jax.process_index() == 0:
-    run_files.write_json_atomically(os.path.join(workdir, "summary.json"), summary)
-    run_files.save_npz_atomically(transfer.weights_file(workdir, transfer.FINAL), arrays)
-    logging.info("Done: test accuracy %.4f, sparsity of prunable layers %.4f (measured on the "
-                 "final weights), sign flips vs init %.4f, wall time %s. Summary: %s",
-                 summary["test_accuracy"], summary["sparsity"][metrics.TOTAL]["sparsity"],
-                 summary["sign_flips_vs_init"][metrics.TOTAL],
-                 metrics.format_duration(summary["wall_time_seconds"]),
-                 os.path.join(workdir, "summary.json"))
+  if jax.process_index() != 0:
+    return summary
+  run_files.save_npz_atomically(transfer.weights_file(workdir, transfer.FINAL), arrays)
+  summary["export"] = _export_compact(config, run, parallelism, state, masks, workdir)
+  writer.flush()  # The report reads metrics.jsonl.
+  try:
+    drawn = report.write_run_report(workdir, summary)
+  except Exception:  # pylint: disable=broad-except  # A figure never fails a finished run.
+    logging.exception("Could not draw the run's report %s (the run itself is complete; "
+                      "`python -m signin_jax.report %s` draws it later):",
+                      os.path.join(workdir, report.REPORT_FILE), workdir)
+    drawn = None
+  summary_path = os.path.join(workdir, "summary.json")
+  run_files.write_json_atomically(summary_path, summary)
+  export = summary["export"]
+  logging.info("Done: test accuracy %.4f, sparsity of prunable layers %.4f (measured on the "
+               "final weights), sign flips vs init %.4f, wall time %s. Compact export %s: %s "
+               "bytes, %.2f %% of the %s bytes of every tensor stored dense (prunable layers: "
+               "%.2f %%). Report: %s. Summary: %s",
+               summary["test_accuracy"], summary["sparsity"][metrics.TOTAL]["sparsity"],
+               summary["sign_flips_vs_init"][metrics.TOTAL],
+               metrics.format_duration(summary["wall_time_seconds"]),
+               os.path.join(workdir, export["file"]), f"{export['file_bytes']:,}",
+               100 * export["file_bytes"] / max(export["dense_bytes"], 1),
+               f"{export['dense_bytes']:,}", 100 * export["prunable_share"],
+               drawn or "not drawn (see the error above)", summary_path)
   return summary
+
+
+def _export_compact(config, run, parallelism, state, masks: Dict[str, np.ndarray],
+                    workdir: str) -> Dict[str, Any]:
+  """final_weights.sjx (sparse_export: lossless, masked weights not stored); its byte counts."""
+  tree_masks = None
+  if masks:  # The prunable layers' masks, None at the other leaves.
+    tree_masks = jax.tree_util.tree_map_with_path(
+        lambda path, _: masks.get(metrics.layer_name(path)), parallelism.local(state.params))
+  data, stats = sparse_export.encode(
+      params=parallelism.local(state.params), masks=tree_masks,
+      batch_stats=parallelism.local(state.batch_stats) or None,
+      metadata={"model": config.model, "width": config.width,
+                "num_classes": run.dataset.num_classes, "dtype": config.dtype,
+                "input_shape": list(run.input_shape), "config": config.to_dict()})
+  run_files.write_atomically(os.path.join(workdir, EXPORT_FILE), data)
+  return {"file": EXPORT_FILE, "file_bytes": stats.file_bytes, "dense_bytes": stats.dense_bytes,
+          "prunable_bytes": stats.masked_bytes,
+          "prunable_dense_bytes": stats.masked_dense_bytes,
+          "prunable_share": stats.masked_share}
 
 
 _factor_betas = jax.jit(signin.factor_betas)

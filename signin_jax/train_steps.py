@@ -88,8 +88,14 @@ def create_optimizer(config, *, steps_per_epoch: int, num_steps: int, masks=None
   method = config.schedule.method
   if method != "static" and params is None:
     raise ValueError(f"create_optimizer: config.schedule.method={method!r} needs `params`.")
-  schedule = sparsity_lib.create_schedule(
-      method, params, sparsity=config.sparsity, num_steps=num_steps,
+  return sparsity_lib.sparse_training(tx, mask_schedule(config, params, num_steps=num_steps),
+                                      masks, key=key, check_masks=check_masks)
+
+
+def mask_schedule(config, params, *, num_steps: int) -> sparsity_lib.MaskSchedule:
+  """``config.schedule`` resolved for a run of ``num_steps`` (``params``: arrays or shapes)."""
+  return sparsity_lib.create_schedule(
+      config.schedule.method, params, sparsity=config.sparsity, num_steps=num_steps,
       update_every=config.schedule.update_every_steps, start=config.schedule.start,
       end=config.schedule.end, initial_sparsity=config.schedule.initial_sparsity,
       drop_fraction=config.schedule.drop_fraction,
@@ -97,7 +103,6 @@ def create_optimizer(config, *, steps_per_epoch: int, num_steps: int, masks=None
       warmup=config.schedule.warmup, phase=config.schedule.phase, final=config.schedule.final,
       distribution=config.mask.distribution, scope=config.mask.scope,
       dense=tuple(config.mask.dense_layers))
-  return sparsity_lib.sparse_training(tx, schedule, masks, key=key, check_masks=check_masks)
 
 
 def _beta_at_weight_scale(beta: float, path, theta) -> jax.Array:

@@ -22,6 +22,7 @@ Non-prunable parameters (biases, normalization) always start from this run's ini
 """
 
 import os
+import zipfile
 from typing import Dict, NamedTuple, Optional
 
 from etils import epath
@@ -61,9 +62,18 @@ def _read(workdir: str, epoch: int, field: str) -> Dict[str, np.ndarray]:
   path = weights_file(workdir, epoch)
   if not epath.Path(path).exists():
     _missing(workdir, epoch, field)
-  with epath.Path(path).open("rb") as f:
-    with np.load(f) as data:
-      return {k: data[k] for k in data.files}
+  try:
+    with epath.Path(path).open("rb") as f:
+      with np.load(f) as data:
+        return {k: data[k] for k in data.files}
+  # A file cut short or altered: zipfile's BadZipFile (no central directory, a CRC-32
+  # mismatch), or numpy's errors on a damaged array header.
+  except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
+    raise ValueError(
+        f"config.init_from.workdir={workdir!r} is invalid: {path} cannot be read ("
+        f"{type(e).__name__}: {e}); it is damaged, e.g. cut short by a full disk or an "
+        "interrupted copy. Copy it again, or point config.init_from.workdir at an intact "
+        "run.") from e
 
 
 class Source(NamedTuple):

@@ -16,6 +16,9 @@ the id-carrying TFDS mock of tests/test_input_pipeline.py and records, for the t
 * ``error``: the message of an exception the run raised (e.g. different masks);
 * ``returned``: what ``train_and_evaluate`` returned (the summary, or the preemption record).
 
+The worker exits as main.py does: 0, or ``parallel.EXIT_CODE_PREEMPTED`` after a run was
+stopped by SIGTERM (it writes its result first).
+
 ``global_batches_of: 2`` (single-process reference runs only) feeds the trainer, at every step,
 the global batch a 2-process run reads: process 0's slice then process 1's, each from the same
 pipeline call with ``process_index=i, process_count=2``, so one process on 4 devices trains on
@@ -40,7 +43,7 @@ def main(spec_path):
   from absl import logging
   import jax
   import numpy as np
-  from signin_jax import input_pipeline, masks as masks_lib, run_start, train
+  from signin_jax import input_pipeline, masks as masks_lib, parallel, run_start, train
   from tests.test_checkpoint_resume import tiny_config
   from tests.test_input_pipeline import _ids, indexed_mock
 
@@ -131,6 +134,8 @@ def main(spec_path):
     results["runs"].append(record)
   with open(spec["result"], "w") as f:
     json.dump(results, f)
+  if any((r["returned"] or {}).get("preempted") for r in results["runs"]):
+    sys.exit(parallel.EXIT_CODE_PREEMPTED)  # As main.py does.
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -341,3 +342,192 @@ def test_each_epoch_logs_sign_flips_betas_and_test_accuracy(reference):
   assert {"dense1/kernel", "dense2/kernel", "classifier/kernel", "total"} <= layers
   assert by_step[NUM_STEPS]["sign_flips_vs_init/total"] == pytest.approx(
       reference["summary"]["sign_flips_vs_init"]["total"])
+
+
+# --- Resuming under another config; what a refused run leaves --------------------------------
+
+def short_rigl_config():
+  config = tiny_config()
+  config.num_train_steps, config.log_every_steps = 10, 5
+  config.schedule.method, config.schedule.update_every_steps = "rigl", 2
+  return config
+
+
+def workdir_snapshot(workdir):
+  """Every file and directory under ``workdir`` with its size, mtime and content digest."""
+  import hashlib
+  found = {}
+  for root, dirs, files in os.walk(workdir):
+    for name in dirs + files:
+      path = os.path.join(root, name)
+      stat = os.stat(path)
+      digest = (hashlib.sha256(open(path, "rb").read()).hexdigest() if name in files else None)
+      found[os.path.relpath(path, workdir)] = (stat.st_size if digest else 0, stat.st_mtime_ns,
+                                               digest)
+  return found
+
+
+@pytest.fixture(scope="module")
+def finished_rigl_run(tmp_path_factory):
+  """A 10-step RigL run (checkpoints at steps 5 and 10), to copy and resume under changes."""
+  workdir = str(tmp_path_factory.mktemp("rigl") / "run")
+  run_in_process(workdir, short_rigl_config())
+  return workdir
+
+
+def _copy_with_unfinished_save(source, workdir):
+  shutil.copytree(source, workdir)
+  # What a killed save leaves; orbax's CheckpointManager deletes it when it is created.
+  os.makedirs(os.path.join(workdir, "checkpoints", "15.orbax-checkpoint-tmp-7", "state"))
+
+
+def test_resume_under_another_config_is_refused_naming_the_fields(finished_rigl_run, tmp_path):
+  workdir = str(tmp_path / "run")
+  _copy_with_unfinished_save(finished_rigl_run, workdir)
+  before = workdir_snapshot(workdir)
+  config = short_rigl_config()
+  config.schedule.method = "set"  # Same state structure as RigL: the fingerprint matches.
+  config.learning_rate = 0.2
+  with pytest.raises(ValueError, match=r"Cannot resume .* differs in config.learning_rate: "
+                                       r"0.1 in the checkpoint, 0.2 now; "
+                                       r"config.schedule.method: 'rigl' in the checkpoint, "
+                                       r"'set' now\.") as info:
+    run_in_process(workdir, config)
+  assert "step 10" in str(info.value) and workdir in str(info.value)
+  assert workdir_snapshot(workdir) == before  # config.json, the unfinished save: untouched.
+
+
+def test_a_refused_resume_changes_nothing_in_the_workdir(finished_rigl_run, tmp_path):
+  workdir = str(tmp_path / "run")
+  _copy_with_unfinished_save(finished_rigl_run, workdir)
+  before = workdir_snapshot(workdir)
+  config = short_rigl_config()
+  config.signin.enabled = False  # Another state structure: refused by the fingerprint too.
+  with pytest.raises(ValueError, match="signin.enabled"):
+    run_in_process(workdir, config)
+  assert workdir_snapshot(workdir) == before
+
+
+def test_resume_may_change_cadence_exports_and_keep(finished_rigl_run, tmp_path):
+  """The fields that do not change what is computed may differ; the run then ends bitwise where
+  the uninterrupted one did."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(os.path.join(finished_rigl_run, "checkpoints", "5"),
+                  os.path.join(workdir, "checkpoints", "5"))
+  config = short_rigl_config()
+  config.log_every_steps, config.checkpoint_every_steps, config.keep_checkpoints = 2, 3, 5
+  config.eval_every_epochs, config.export_epochs = 2, (1,)
+  run_in_process(workdir, config)
+  assert_bitwise_equal(final_weights(workdir), final_weights(finished_rigl_run))
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["log_every_steps"] == 2  # config.json: the config of the latest start.
+
+
+def _rewrite_saved_config(workdir, step, edit):
+  meta_path = os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  edit(meta["config"])
+  meta["meta_digest"] = checkpointing._meta_digest(meta)  # As an older version wrote it.
+  with open(meta_path, "w") as f:
+    json.dump(meta, f)
+
+
+def test_a_field_an_older_checkpoint_lacks_counts_as_its_default(finished_rigl_run, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(finished_rigl_run, workdir)
+  for step in (5, 10):  # As if label_smoothing had been added to the config since.
+    _rewrite_saved_config(workdir, step, lambda c: c.pop("label_smoothing"))
+  config = short_rigl_config()
+  config.label_smoothing = 0.1
+  with pytest.raises(ValueError, match=r"config.label_smoothing: absent in the checkpoint "
+                                       r"\(counts as the default 0.0\), 0.1 now"):
+    run_in_process(workdir, config)
+  run_in_process(workdir, short_rigl_config())  # Its default, 0.0: the same run.
+
+
+def test_metrics_of_a_checkpointed_step_are_on_disk_before_its_checkpoint(tmp_path,
+                                                                          monkeypatch):
+  """A run killed right after a save loses none of the metrics up to that step."""
+  workdir = str(tmp_path / "run")
+  on_disk_at_save = {}
+  real_save = checkpointing.save
+
+  def save(manager, step, **kwargs):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      on_disk_at_save[step] = {r["step"] for r in map(json.loads, f) if "step" in r}
+    return real_save(manager, step, **kwargs)
+
+  monkeypatch.setattr(checkpointing, "save", save)
+  config = short_rigl_config()  # Logs at steps 5 and 10, saves at 5 and 10; epoch ends at 8.
+  run_in_process(workdir, config)
+  assert on_disk_at_save == {5: {5}, 10: {5, 8, 10}}
+
+
+@pytest.mark.slow
+def test_the_same_command_twice_on_one_workdir(reference, tmp_path, monkeypatch):
+  """The second run stops at once naming the first (host, pid) and touches nothing; once the
+  first is killed, the same command resumes: no lock is left behind."""
+  workdir = str(tmp_path / "twice")
+  log_path = str(tmp_path / "child.log")
+  child = start_child(workdir, log_path)
+  try:
+    wait_for_checkpoint(child, workdir, CHECKPOINT_EVERY, log_path)
+    with open(os.path.join(workdir, "config.json")) as f:
+      config_json = f.read()
+
+    def must_not_run(*args, **kwargs):
+      raise AssertionError("the second run went on to build its start")
+
+    with monkeypatch.context() as patched:
+      patched.setattr(run_start, "create_run_start", must_not_run)
+      config = tiny_config()
+      config.log_every_steps = 7  # May differ on resume; an overwritten config.json would show.
+      with pytest.raises(RuntimeError, match=rf"in use by another run: process {child.pid} on "
+                                             rf"host {socket.gethostname()}"):
+        run_in_process(workdir, config)
+    with open(os.path.join(workdir, "config.json")) as f:
+      assert f.read() == config_json
+  finally:
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+  run_in_process(workdir)  # The same command again: resumes, nothing stuck.
+  assert_bitwise_equal(final_weights(workdir), reference["weights"])
+
+
+_MAIN_CHILD = textwrap.dedent(f"""
+    import sys
+    sys.path.insert(0, {REPO!r})
+    # main.py's command line (its config flag reads sys.argv when main is imported).
+    sys.argv = ["main.py", "--config=configs/fashion_mnist_quickstart.py",
+                "--workdir=" + sys.argv[1], "--config.model=lenet300_100", "--config.width=8",
+                "--config.batch_size=8", "--config.num_train_steps=100000",
+                "--config.checkpoint_every_steps={CHECKPOINT_EVERY}"]
+    from absl import app
+    from tests import tfds_mock
+    from signin_jax import prepare_data
+    import main
+    prepare_data.ensure_prepared = lambda *args, **kwargs: None  # The mock needs no files.
+    with tfds_mock.mock_data(num_examples={MOCK_EXAMPLES}):
+      app.run(main.main)
+""")
+
+
+def test_main_stopped_by_sigterm_exits_143_after_its_checkpoint(tmp_path):
+  """Not 0 as a finished run: `a && b` does not go on to b, a scheduler sees a stopped run."""
+  workdir = str(tmp_path / "stopped")
+  log_path = str(tmp_path / "main.log")
+  with open(log_path, "w") as log:
+    child = subprocess.Popen([sys.executable, "-c", _MAIN_CHILD, workdir], cwd=REPO,
+                             stdout=log, stderr=subprocess.STDOUT)
+  try:
+    wait_for_checkpoint(child, workdir, CHECKPOINT_EVERY, log_path)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=120) == 143, open(log_path).read()[-3000:]
+  finally:
+    if child.poll() is None:
+      child.kill()
+  log = open(log_path).read()
+  step = int(log.split("saved the checkpoint at step ")[1].split()[0])
+  assert str(step) in os.listdir(os.path.join(workdir, "checkpoints"))
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))

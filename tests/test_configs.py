@@ -3,6 +3,7 @@
 import glob
 import importlib
 import os
+import re
 import subprocess
 import sys
 
@@ -221,3 +222,86 @@ def test_an_empty_split_is_refused_before_anything_is_built(fashion_mnist_dir, t
   config[field] = "test[:200]"  # Non-empty: passes this check (and reaches the model).
   with pytest.raises(AssertionError, match="model was built"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+# --- Checks that need the run's length (the dataset's size), still before anything compiles ----
+
+def _mock_run_config(**schedule):
+  """LeNet-300-100 at width 8 on the 64-example mock: 8 steps per epoch at batch 8."""
+  config = load("fashion_mnist_quickstart")
+  config.model, config.width, config.batch_size, config.data_dir = "lenet300_100", 8, 8, None
+  config.num_train_steps = 50
+  for k, v in schedule.items():
+    config.schedule[k] = v
+  return config
+
+
+def _refused_before_building(config, workdir, monkeypatch):
+  """Runs train_and_evaluate, which must raise before the model, masks or steps are built (and
+  before the workdir is touched); returns the ValueError's message."""
+  from tests import tfds_mock
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError("the run was built (and compiled) before the config was refused")
+
+  monkeypatch.setattr(run_start, "create_run_start", must_not_run)
+  with tfds_mock.mock_data(num_examples=64):
+    with pytest.raises(ValueError) as info:
+      train.train_and_evaluate(config, str(workdir))
+  assert not os.path.exists(workdir)  # Nothing written, not even the directory.
+  return str(info.value)
+
+
+@pytest.mark.parametrize("schedule, named", [
+    # 50 steps; RigL updates every 1000 steps until step 38 (0.75 of 50): never.
+    (dict(method="rigl", update_every_steps=1000), r"config.schedule.update_every_steps=1000 "
+     r"is invalid: .*never changes.*step 38 \(config.schedule.end=0.75 of the run's 50 steps\)"),
+    (dict(method="set", update_every_steps=40), r"config.schedule.update_every_steps=40"),
+    (dict(method="rigl", start=0.9, end=0.95, update_every_steps=10),
+     r"config.schedule.update_every_steps=10 .*config.schedule.start=0.9"),
+    # Every update drops floor(f(t) * kept) = 0 weights in each layer (614 kept at most).
+    (dict(method="set", update_every_steps=5, drop_fraction=0.001),
+     r"config.schedule.drop_fraction=0.001 is invalid: .*drops no weight.* 614"),
+    # One update, at step 38 = config.schedule.end, where the cosine-annealed fraction is 0.
+    (dict(method="rigl", update_every_steps=38), r"config.schedule.drop_fraction=0.3 is "
+     r"invalid: .*drops no weight"),
+    # GMP from step 25 to step round(25.5) = 26 ... and to step 25 on 50 steps: no span.
+    (dict(method="gmp", start=0.5, end=0.505), r"config.schedule.end=0.505 is invalid: .*"
+     r"step 25 .*config.schedule.start=0.5"),
+    # AC/DC: one phase as long as the run: a sparse phase and never a dense one after it.
+    (dict(method="acdc", phase=1.0), r"config.schedule.phase=1.0 is invalid: .*no dense phase"),
+    (dict(method="acdc", warmup=0.0, final=1.0), r"config.schedule.final=1.0 is invalid: "
+     r".*no dense phase"),
+    # Warm-up round(0.995 * 50) = 50 steps, final phase max(round(0.25), 1) = 1 step: they
+    # overlap (the library's own error would name its arguments, not the config's fields).
+    (dict(method="acdc", warmup=0.995, final=0.005),
+     r"config.schedule.warmup=0.995 .*config.schedule.final=0.005"),
+])
+def test_a_schedule_that_never_changes_the_mask_is_refused(schedule, named, tmp_path,
+                                                            monkeypatch):
+  message = _refused_before_building(_mock_run_config(**schedule), tmp_path / "run", monkeypatch)
+  assert re.search(named, message), message
+  assert "_step" not in message.replace("update_every_steps", "")  # No library argument names.
+
+
+@pytest.mark.parametrize("schedule", [
+    dict(method="rigl", update_every_steps=19),  # Updates at steps 19 and 38.
+    dict(method="set", update_every_steps=5, drop_fraction=0.002),  # 614 * f(5) >= 1 once.
+    dict(method="gmp", start=0.5, end=0.52),
+    dict(method="acdc", phase=0.3),
+])
+def test_a_schedule_that_changes_the_mask_once_passes_these_checks(schedule, tmp_path,
+                                                                    monkeypatch):
+  with pytest.raises(AssertionError, match="was built"):  # It got past the checks.
+    _refused_before_building(_mock_run_config(**schedule), tmp_path / "run", monkeypatch)
+
+
+def test_export_epochs_beyond_the_run_are_refused(tmp_path, monkeypatch):
+  config = _mock_run_config()
+  config.export_epochs = (2, 99)  # 50 steps of 8 per epoch: epochs 1 to 6 end in the run.
+  message = _refused_before_building(config, tmp_path / "run", monkeypatch)
+  assert re.search(r"config.export_epochs=\(2, 99\) is invalid: epoch 99 never ends: .*50 "
+                   r"steps.*8 per epoch.*epochs 0 to 6", message), message
+  config.export_epochs = (0, 6)  # The last epoch that ends in the run: passes this check.
+  with pytest.raises(AssertionError, match="was built"):
+    _refused_before_building(config, tmp_path / "run", monkeypatch)

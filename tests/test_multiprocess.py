@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 
 from signin_jax import run_start
+from signin_jax import workdir_lock
 from tests import multiprocess_worker
 from tests.test_checkpoint_resume import final_weights
 
@@ -83,8 +84,13 @@ def _kill(launch):
     proc.wait()
 
 
-def finish(launch):
-  """Waits for every process of `launch`; on a failure or the timeout kills the rest."""
+def finish(launch, *, exit_code=0):
+  """Waits for every process of `launch`. As `srun --kill-on-bad-exit=1` (launch/
+  slurm_gpu.sbatch) does, the first non-zero exit, or the timeout, kills the rest at once.
+
+  Every process must exit with `exit_code` by itself, except, when that is not 0, those that
+  the first one's exit killed. Returns the results of the processes that exited by themselves.
+  """
   try:
     while any(p.poll() is None for p in launch["procs"]):
       failed = [p for p in launch["procs"] if p.poll() not in (None, 0)]
@@ -94,14 +100,17 @@ def finish(launch):
   finally:
     _kill(launch)
   codes = [p.returncode for p in launch["procs"]]
-  if any(codes):
+  by_themselves = [c for c in codes if c != -signal.SIGKILL] if exit_code else codes
+  if not by_themselves or any(c != exit_code for c in by_themselves):
     tails = "\n".join(f"--- process {i} (exit {c}):\n{open(path).read()[-3000:]}"
                       for i, (c, path) in enumerate(zip(codes, launch["logs"])))
-    raise AssertionError(f"launch {launch['name']} failed or timed out:\n{tails}")
+    raise AssertionError(f"launch {launch['name']} failed or timed out (exit codes {codes}, "
+                         f"expected {exit_code}):\n{tails}")
   results = []
-  for path, log in zip(launch["results"], launch["logs"]):
-    with open(path) as f:
-      results.append(dict(json.load(f), log=open(log).read()))
+  for code, path, log in zip(codes, launch["results"], launch["logs"]):
+    if code == exit_code:
+      with open(path) as f:
+        results.append(dict(json.load(f), log=open(log).read()))
   return results
 
 
@@ -218,13 +227,14 @@ def test_only_process_0_writes_logs_summary_and_exports(launches, mode):
   index = MODES.index(mode)
   main, other = launches["two"]
   assert other["runs"][index]["writes"] == []  # Nothing outside checkpoints/.
-  assert {"config.json", "metrics.jsonl", "summary.json", "final_weights.npz"} <= set(
+  assert {"config.json", "metrics.jsonl", "summary.json", "final_weights.npz",
+          "final_weights.sjx", "report.png", workdir_lock.LOCK_FILE} <= set(
       main["runs"][index]["writes"])
   events = glob.glob(os.path.join(wd("two", mode), "events.out.tfevents.*"))
   assert len(events) == 1 and f".{main['pid']}." in os.path.basename(events[0])
-  assert sorted(os.listdir(wd("two", mode))) == sorted(
+  assert sorted(os.listdir(wd("two", mode))) == sorted(  # The lock is gone with the run.
       ["checkpoints", "config.json", "metrics.jsonl", "summary.json", "final_weights.npz",
-       os.path.basename(events[0])])
+       "final_weights.sjx", "report.png", os.path.basename(events[0])])
   with open(os.path.join(wd("two", mode), "metrics.jsonl")) as f:
     records = [(r.get("step", -1), tuple(sorted(r))) for r in map(json.loads, f)]
   assert len(records) == len(set(records))  # Every record once (two writers would double it).
@@ -261,7 +271,9 @@ def test_a_long_queue_of_steps_and_evaluation_batches_completes(launches, mode):
 
 def test_sigterm_to_one_process_stops_both_at_one_checkpoint_that_resumes(tmp_path):
   """A preemption notice reaching one process (JAX's preemption service) stops every process at
-  the same step, after a checkpoint of that step; new processes continue from it."""
+  the same step, after a checkpoint of that step; they exit 143 (stopped, not finished), and
+  the first exit kills the other at once (srun --kill-on-bad-exit=1), which must not cost the
+  checkpoint: no process exits before every one has saved. New processes continue from it."""
   root = str(tmp_path)
   workdir = os.path.join(root, "preempted")
   endless = dict(workdir=workdir, parallelism="jit", num_train_steps=10**6)
@@ -276,8 +288,8 @@ def test_sigterm_to_one_process_stops_both_at_one_checkpoint_that_resumes(tmp_pa
   except BaseException:
     _kill(launch)
     raise
-  returned = [r["runs"][0]["returned"] for r in finish(launch)]  # Both exited 0.
-  assert returned[0] == returned[1] and returned[0]["preempted"] is True, returned
+  returned = [r["runs"][0]["returned"] for r in finish(launch, exit_code=143)]
+  assert all(r == returned[0] for r in returned) and returned[0]["preempted"] is True, returned
   step = returned[0]["step"]
   assert 0 < step < endless["num_train_steps"]
   assert step in [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))]

@@ -1,28 +1,36 @@
 """The trainer: optimizer composition, the pure steps, data parallelism, metrics, end-to-end runs."""
 
+import errno
 import functools
 import glob
 import importlib
 import json
+import logging
 import math
 import os
 import subprocess
 import sys
 import textwrap
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from signin_jax import checkpointing
 from signin_jax import masks as masks_lib
 from signin_jax import metrics
 from signin_jax import models
+from signin_jax import report
+from signin_jax import run_files
 from signin_jax import run_start
 from signin_jax import signin
+from signin_jax import sparse_export
 from signin_jax import train_steps
 from signin_jax import train
+from signin_jax import transfer as transfer_lib
 from tests import tfds_mock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -338,7 +346,8 @@ RUNNABLE_CONFIGS = sorted(
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.slow) if n != "fashion_mnist_quickstart" else n
     for n in RUNNABLE_CONFIGS])
-def test_every_shipped_config_trains_end_to_end_on_mock_data(name, tmp_path):
+def test_every_shipped_config_trains_end_to_end_on_mock_data(name, tmp_path, monkeypatch):
+  written = _record_final_writes(monkeypatch)
   config = load(name)
   config.width = 2
   config.batch_size = 8
@@ -366,6 +375,14 @@ def test_every_shipped_config_trains_end_to_end_on_mock_data(name, tmp_path):
   assert any(k.startswith("sign_flips_vs_init/") for k in logged)
   assert config.signin.enabled == any(k.startswith("beta/") for k in logged)
   assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+  # The end of a run: the weights, their compact export, the report, then the summary last.
+  assert written[-4:] == [transfer_lib.weights_file(workdir, transfer_lib.FINAL),
+                          os.path.join(workdir, train.EXPORT_FILE),
+                          os.path.join(workdir, report.REPORT_FILE),
+                          os.path.join(workdir, "summary.json")]
+  with open(os.path.join(workdir, report.REPORT_FILE), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  _assert_export_equals_final_weights(workdir, summary)
 
 
 # --- Mask schedules end to end: each method, with and without Sign-In --------------------------
@@ -432,3 +449,132 @@ def test_config_augment_reaches_the_training_batches():
   np.testing.assert_array_equal(plain["label"], augmented["label"])  # Same examples, same order.
   np.testing.assert_array_equal(plain["image"], off["image"])
   assert not np.array_equal(plain["image"], augmented["image"])
+
+
+# --- The end of a run: the artifacts first, summary.json last --------------------------------
+
+def _record_final_writes(monkeypatch):
+  """The paths of the workdir's atomic writes and of report.png, in the order written."""
+  written = []
+  real_write, real_report = run_files.write_atomically, report.write_run_report
+
+  def write_atomically(path, data):
+    real_write(path, data)
+    written.append(str(path))
+
+  def write_run_report(workdir, summary=None):
+    path = real_report(workdir, summary)
+    written.append(str(path))
+    return path
+
+  monkeypatch.setattr(run_files, "write_atomically", write_atomically)
+  monkeypatch.setattr(report, "write_run_report", write_run_report)
+  return written
+
+
+def _assert_export_equals_final_weights(workdir, summary):
+  exported = sparse_export.load(os.path.join(workdir, train.EXPORT_FILE))
+  got = {}
+  for collection, tree in (("params", exported.params), ("masks", exported.masks),
+                           ("batch_stats", exported.batch_stats or {})):
+    got.update({f"{collection}/{k}": v for k, v in metrics.by_layer(tree).items()})
+  with np.load(os.path.join(workdir, "final_weights.npz")) as f:
+    want = {k: f[k] for k in f.files}
+  assert sorted(got) == sorted(want)
+  for k in want:  # Bitwise: same dtype, shape and bytes.
+    assert (got[k].dtype, got[k].shape, got[k].tobytes()) == (
+        want[k].dtype, want[k].shape, want[k].tobytes()), k
+  assert exported.metadata["model"] == summary["config"]["model"]
+  assert exported.metadata["config"] == json.loads(json.dumps(summary["config"]))
+  export = summary["export"]
+  assert export["file"] == train.EXPORT_FILE
+  assert export["file_bytes"] == os.path.getsize(os.path.join(workdir, train.EXPORT_FILE))
+  assert export["dense_bytes"] == sum(v.nbytes for k, v in want.items()
+                                      if not k.startswith("masks/"))
+  kept = sum(int(v.sum()) for k, v in want.items() if k.startswith("masks/"))
+  assert export["prunable_dense_bytes"] == sum(
+      want[f"params/{k[len('masks/'):]}"].nbytes for k in want if k.startswith("masks/"))
+  # The kept float32 values at least, the dense bytes at most (dense is one of the encodings).
+  assert 4 * kept <= export["prunable_bytes"] <= export["prunable_dense_bytes"]
+  assert export["prunable_bytes"] == exported.stats.masked_bytes
+  assert export["prunable_share"] == exported.stats.masked_share
+
+
+def _quick_config():
+  config = load("fashion_mnist_quickstart")
+  config.width, config.batch_size, config.num_train_steps = 2, 8, 2
+  config.log_every_steps = config.checkpoint_every_steps = 1
+  config.data_dir = None
+  return config
+
+
+def _run(config, workdir):
+  with tfds_mock.mock_data(num_examples=12):
+    return train.train_and_evaluate(config, str(workdir))
+
+
+def test_a_report_that_fails_to_draw_is_logged_and_the_run_finishes(tmp_path, monkeypatch,
+                                                                    caplog):
+  def broken(workdir, summary=None):
+    raise RuntimeError("no fonts on this machine")
+
+  monkeypatch.setattr(report, "write_run_report", broken)
+  with caplog.at_level(logging.INFO):
+    summary = _run(_quick_config(), tmp_path / "run")
+  assert "no fonts on this machine" in caplog.text
+  assert os.path.isfile(tmp_path / "run" / "summary.json") and summary["steps"] == 2
+  assert not os.path.exists(tmp_path / "run" / report.REPORT_FILE)
+
+
+def _full_disk_for(monkeypatch, suffix):
+  """Writes to a path ending in ``suffix`` fail as on a full disk: the file is created, then
+  the write raises ENOSPC."""
+  path_class = type(epath.Path("/"))
+  real_write_bytes = path_class.write_bytes
+
+  def write_bytes(self, data):
+    if str(self).endswith(suffix):
+      open(str(self), "wb").close()
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_write_bytes(self, data)
+
+  monkeypatch.setattr(path_class, "write_bytes", write_bytes)
+
+
+def test_a_full_disk_at_the_end_leaves_no_summary_and_names_the_file(tmp_path, monkeypatch):
+  _full_disk_for(monkeypatch, "final_weights.npz.tmp")
+  workdir = tmp_path / "run"
+  with pytest.raises(OSError, match=str(workdir / "final_weights.npz")) as info:
+    _run(_quick_config(), workdir)
+  assert info.value.errno == errno.ENOSPC
+  left = os.listdir(workdir)
+  assert "summary.json" not in left  # A summary means done: the run is not.
+  assert not [name for name in left if name.endswith(".tmp")]
+
+
+def test_a_full_disk_at_the_start_leaves_no_partial_config(tmp_path, monkeypatch):
+  _full_disk_for(monkeypatch, "config.json.tmp")
+  workdir = tmp_path / "run"
+  with pytest.raises(OSError, match=f"No space left on device: {workdir / 'config.json'}"):
+    _run(_quick_config(), workdir)
+  assert not os.path.exists(workdir / "config.json.tmp")
+  assert not os.path.exists(workdir / "config.json")
+
+
+def test_a_full_disk_under_a_checkpoint_names_the_workdir(tmp_path, monkeypatch):
+  def save(*args, **kwargs):  # Orbax's own errors need not name a path.
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(checkpointing, "save", save)
+  workdir = tmp_path / "run"
+  with pytest.raises(OSError, match=f"No space left on device.*{workdir}") as info:
+    _run(_quick_config(), workdir)
+  assert info.value.errno == errno.ENOSPC
+
+
+def test_a_full_disk_under_metrics_jsonl_names_it():
+  writer = metrics.JsonLinesWriter("/dev/full")  # Every write to /dev/full fails: ENOSPC.
+  writer.write_scalars(1, {"loss": 1.0})
+  with pytest.raises(OSError, match="No space left on device: /dev/full") as info:
+    writer.flush()
+  assert info.value.errno == errno.ENOSPC

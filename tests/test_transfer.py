@@ -1,6 +1,8 @@
 """config.init_from: a run starts from another run's mask and, as asked, its signs or magnitudes."""
 
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -149,3 +151,51 @@ def test_another_model_or_sparsity_is_refused(source):
     with pytest.raises(ValueError, match=r"config.sparsity=0.8 is invalid with "
                                          "config.init_from.workdir"):
       run_start.create_run_start(config)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte"])
+def test_a_damaged_source_file_names_the_field_and_the_file(source, tmp_path, damage):
+  workdir = str(tmp_path / "source")
+  shutil.copytree(source["workdir"], workdir)
+  path = os.path.join(workdir, "final_weights.npz")
+  with open(path, "rb") as f:
+    data = bytearray(f.read())
+  if damage == "truncated":  # A copy cut short.
+    data = data[:len(data) // 2]
+  else:  # Inside an array's bytes: the zip's CRC-32 no longer matches.
+    data[len(data) // 2] ^= 0xFF
+  with open(path, "wb") as f:
+    f.write(bytes(data))
+  config = tiny_config()
+  config.init_from.workdir = workdir
+  run = str(tmp_path / "run")
+  with tfds_mock.mock_data(num_examples=MOCK_EXAMPLES):
+    with pytest.raises(ValueError, match=rf"config.init_from.workdir='{workdir}' is invalid: "
+                                         rf"{path} cannot be read \("):
+      train.train_and_evaluate(config, run)
+  assert not os.path.exists(run)
+
+
+def test_a_resumed_run_whose_source_moved_away_resumes_from_its_checkpoint(source, tmp_path):
+  """Its checkpoint holds the masks and the state: the source is not needed any more."""
+  workdir = str(tmp_path / "source")
+  shutil.copytree(source["workdir"], workdir)
+  config = tiny_config()
+  config.init_from.workdir = workdir
+  config.init_from.signs, config.init_from.signs_epoch = "learned", 1
+  config.checkpoint_every_steps = 8  # Checkpoints at steps 8 and 16.
+  uninterrupted, resumed = str(tmp_path / "uninterrupted"), str(tmp_path / "resumed")
+  with tfds_mock.mock_data(num_examples=MOCK_EXAMPLES):
+    train.train_and_evaluate(config, uninterrupted)
+  shutil.copytree(os.path.join(uninterrupted, "checkpoints", "8"),
+                  os.path.join(resumed, "checkpoints", "8"))
+  shutil.move(workdir, workdir + "_moved")
+  with tfds_mock.mock_data(num_examples=MOCK_EXAMPLES):
+    train.train_and_evaluate(config, resumed)
+  want, got = (dict(np.load(os.path.join(w, "final_weights.npz"))) for w in (uninterrupted,
+                                                                              resumed))
+  assert sorted(got) == sorted(want)
+  for k in want:
+    assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
+  with open(os.path.join(resumed, "metrics.jsonl")) as f:
+    assert min(r["step"] for r in map(json.loads, f) if "step" in r) > 8  # It resumed.
