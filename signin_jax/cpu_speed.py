@@ -4,10 +4,10 @@
    (the leading ``-`` removes one type from XLA's default list). jaxlib 0.10.2 sends most
    convolutions of a train step (45 of ResNet-20's 62, every weight-gradient one among them) to
    its new YNNPACK path, which is slow on this project's machines; the flag sends them back to
-   XLA's own convolutions. Float rounding differs: the gradient at initialization moves as far
-   as float32's own error against float64 (benchmarks/cpu_settings.py: ResNet-20 1.4e-3
-   relative, against 1.1e-3 between float32 and float64; the quickstart CNN 1.9e-7 against
-   4.7e-7).
+   XLA's own convolutions. Float rounding differs, by about float32's own error against
+   float64 (benchmarks/cpu_settings.py, gradient at initialization, relative: ResNet-20 1.4e-3
+   between with and without the flag, 1.1e-3 / 1.6e-3 from float64 without / with it; the
+   quickstart CNN 1.9e-7, 4.7e-7 / 4.5e-7).
    An XLA flag that the installed jaxlib does not know aborts the process, so it is added only
    for the jaxlib versions in ``YNN_FLAG_JAXLIB_VERSIONS`` (each checked to accept it).
 2. ``LD_PRELOAD`` gets tcmalloc (Debian ``libtcmalloc-minimal4``, installed by
