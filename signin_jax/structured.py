@@ -38,17 +38,18 @@ SNIP and SynFlow are non-negative (the sum is the sum of ``|score|``), GraSP's s
 at the dense network (its iterative rounds prune single weights). Kept units: exact top-k of
 the unit scores, ties to the lower unit index (:func:`masks._top_k_mask`).
 
-Depends only on jax, numpy and :mod:`signin_jax.masks`.
+Depends only on jax, numpy, :mod:`signin_jax.masks` and :mod:`signin_jax.sparsity`.
 """
 
 import math
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from signin_jax import masks as masks_lib
+from signin_jax import sparsity as sparsity_lib
 
 PyTree = Any
 STRUCTURES = ("unstructured", "n:m", "channel", "block")
@@ -359,3 +360,145 @@ def requirements(s: Structure, params, counts: Optional[Sequence] = None, *, whe
     return requirement
 
   return tuple(None if lp.role == "fixed" else make(lp, c) for lp, c in zip(plans, counts))
+
+
+# --- schedules that keep the structure (sparsity.sparse_training; straight-through) -----------
+
+def magnitude_mask_fn(s: Structure, params, masks, *, where=None, dense=()) -> Callable:
+  """``weights -> masks`` of structure ``s`` keeping the largest ``|w|`` (N:M: per group;
+  channels / tiles: by the sum of ``|w|``, as many per layer as ``masks`` keeps; unstructured:
+  as many entries per layer as ``masks``): STE's rule (:mod:`signin_jax.straight_through`)."""
+  plans = plan(s, params, where=where, dense=dense)
+  counts = [None if c is None else int(c)
+            for c in kept_units(s, params, masks, where=where, dense=dense)]
+
+  def mask_fn(weights):
+    leaves, treedef = jax.tree.flatten(weights)
+    return treedef.unflatten([leaf_mask(lp, s, jnp.abs(w), c)
+                              for lp, w, c in zip(plans, leaves, counts)])
+
+  return mask_fn
+
+
+def check_structure_fn(s: Structure, params, *, where=None, dense=()) -> Callable:
+  """``(masks, params) -> None``: raises unless ``masks`` hold the structure (counts free)."""
+  name = f"{s.kind} structure"
+  schedule = sparsity_lib.static()._replace(
+      name=name, start_requirements=requirements(s, params, where=where, dense=dense))
+  return lambda masks, p: sparsity_lib.check_start_masks(schedule, masks, p)
+
+
+def _grow_within_groups(lp, s, active, theta, grow, n_drop):
+  """N:M RigL / SET on one leaf: drop the n_drop smallest active |theta| of the layer, then in
+  each group grow back as many as it lost, the highest ``grow`` scores among its others."""
+  nnz = math.prod(lp.shape) * s.n // s.m
+  kept = masks_lib._top_k_mask(jnp.where(active, jnp.abs(theta).astype(jnp.float32),  # pylint: disable=protected-access
+                                         -jnp.inf), nnz - n_drop)
+  missing = s.n - jnp.sum(nm_view(kept, lp.axis, s.m), axis=-1)
+  score = jnp.where(kept, -jnp.inf, _float(grow))
+  return kept | nm_mask(score, missing, lp.axis, s.m)
+
+
+def _grow_units(lp, s, active, theta, grow, n_drop, count):
+  """Channel / block RigL / SET on one leaf, in units: drop the n_drop active units of
+  smallest sum of |theta|, grow as many of the others with the largest ``grow`` unit score."""
+  active_units = unit_scores(lp, s, active.astype(jnp.float32)) > 0
+  kept = masks_lib._top_k_mask(  # pylint: disable=protected-access
+      jnp.where(active_units, unit_scores(lp, s, jnp.abs(theta)), -jnp.inf), count - n_drop)
+  score = jnp.where(kept, -jnp.inf, grow)
+  return expand_units(lp, s, kept | masks_lib._top_k_mask(score, n_drop))  # pylint: disable=protected-access
+
+
+def create_schedule(method: str, params, s: Structure, *, sparsity: float, num_steps: int,
+                    update_every: int = 100, start: float = 0.0, end: float = 0.75,
+                    drop_fraction: float = 0.3, drop_fraction_anneal: str = "cosine",
+                    warmup: float = 0.1, phase: float = 0.05, final: float = 0.1,
+                    distribution: str = "erk", where=None, dense=(),
+                    **unstructured_only) -> sparsity_lib.MaskSchedule:
+  """:func:`sparsity.create_schedule` for structure ``s`` (same fractions of a run).
+
+  * 'static': the start mask must hold the structure (any counts).
+  * 'acdc': each sparse phase starts with the structure's top ``|theta|`` (N:M per group;
+    channels / tiles by their sum of ``|theta|``, :func:`unit_counts` of them); dense phases
+    as :func:`sparsity.acdc`. Starts dense.
+  * 'rigl', 'set': every update drops ``floor(f(t) * k)`` of a layer's ``k`` kept entries
+    (N:M: the smallest ``|theta|`` of the layer, then every group regrows as many as it lost,
+    by ``|g|`` (RigL) or at random (SET) among its other entries, so each group still keeps
+    n; channels / tiles: the same in units, unit scores the sums of ``|theta|`` and of
+    ``|g|``, so each layer keeps its unit budget). Start from a structured mask with those
+    counts.
+  * 'gmp' is refused for structures (no gradual path implemented: use AC/DC, RigL/SET or
+    STE / SR-STE, :mod:`signin_jax.straight_through`).
+  """
+  if s.kind == "unstructured":
+    return sparsity_lib.create_schedule(
+        method, params, sparsity=sparsity, num_steps=num_steps, update_every=update_every,
+        start=start, end=end, drop_fraction=drop_fraction,
+        drop_fraction_anneal=drop_fraction_anneal, warmup=warmup, phase=phase, final=final,
+        distribution=distribution, where=where, dense=dense, **unstructured_only)
+  masks_lib._check_choice("method", method, sparsity_lib.SCHEDULES)  # pylint: disable=protected-access
+  if method == "gmp":
+    raise ValueError(f"schedule method 'gmp' is not available with structure {s.kind!r} "
+                     f"(config.schedule.method / config.mask.structure); use 'static', "
+                     f"'acdc', 'rigl', 'set', 'ste' or 'sr_ste'.")
+  plans = plan(s, params, where=where, dense=dense)
+  counts = unit_counts(s, params, sparsity, distribution, where=where, dense=dense)
+  if method == "static":
+    return sparsity_lib.static()._replace(
+        start_requirements=requirements(s, params, where=where, dense=dense))
+  steps = lambda fraction: int(round(fraction * num_steps))
+  # target_counts in the structure's units (N:M leaves: their kept entries).
+  units = [math.prod(lp.shape) * s.n // s.m if c is None else c
+           for lp, c in zip(plans, counts) if lp.role != "fixed"]
+  if method == "acdc":
+    base = sparsity_lib.acdc(params, sparsity=0.0, num_steps=num_steps,
+                             warmup_steps=steps(warmup), phase_steps=max(steps(phase), 1),
+                             final_sparse_steps=max(steps(final), 1), where=where)
+    phase_steps, final_start = max(steps(phase), 1), num_steps - max(steps(final), 1)
+    is_sparse = [t - 1 >= final_start or ((t - 1 - steps(warmup)) // phase_steps) % 2 == 0
+                 for t in base.update_steps]
+    sparse_flags = jnp.asarray(is_sparse)
+
+    def acdc_masks(index, t, masks, params, grads, key):
+      del t, grads, key
+      leaves, treedef = jax.tree.flatten(params)
+      new = [leaf_mask(lp, s, jnp.abs(p), c) for lp, p, c in zip(plans, leaves, counts)]
+      return treedef.unflatten([jnp.where(sparse_flags[index], m, True) for m in new])
+
+    table = np.asarray([units if sp else [_unit_total(s, lp) for lp in plans
+                                          if lp.role != "fixed"] for sp in is_sparse])
+    return sparsity_lib.MaskSchedule("acdc", base.update_steps, acdc_masks, table,
+                                     base.start_requirements)  # The dense start.
+  # 'rigl', 'set'
+  base = sparsity_lib.rigl(params, sparsity=0.0, end_step=steps(end), start_step=steps(start),
+                           update_every=update_every, drop_fraction=drop_fraction,
+                           drop_fraction_anneal=drop_fraction_anneal, where=where)
+  start_step, end_step = steps(start), steps(end)
+
+  def grow_masks(index, t, masks, params, grads, key):
+    del index
+    fraction = sparsity_lib.drop_fraction_at(t, drop_fraction=drop_fraction,
+                                             start_step=start_step, end_step=end_step,
+                                             anneal=drop_fraction_anneal)
+    m_leaves, treedef = jax.tree.flatten(masks)
+    keys = jax.random.split(key, len(m_leaves))
+    out = []
+    for lp, m, p, g, k, c in zip(plans, m_leaves, jax.tree.leaves(params),
+                                 jax.tree.leaves(grads), keys, counts):
+      if lp.role in ("fixed", "dense"):
+        out.append(m)
+        continue
+      if lp.role == "nm":
+        n_drop = jnp.floor(fraction * (math.prod(lp.shape) * s.n // s.m)).astype(jnp.int32)
+        grow = jnp.abs(g) if method == "rigl" else jax.random.uniform(k, lp.shape)
+        out.append(_grow_within_groups(lp, s, m, p, grow, n_drop))
+      else:
+        n_drop = jnp.floor(fraction * c).astype(jnp.int32)
+        grow = (unit_scores(lp, s, jnp.abs(g)) if method == "rigl"
+                else jax.random.uniform(k, (lp.units,)))
+        out.append(_grow_units(lp, s, m, p, grow, n_drop, c))
+    return treedef.unflatten(out)
+
+  table = np.asarray([units] * len(base.update_steps)).reshape(len(base.update_steps), -1)
+  return sparsity_lib.MaskSchedule(method, base.update_steps, grow_masks, table,
+                                   requirements(s, params, counts, where=where, dense=dense))
