@@ -14,6 +14,8 @@ from signin_jax import masks as masks_lib
 from signin_jax import models
 from signin_jax import signin
 from signin_jax import sparsity
+from signin_jax import straight_through
+from signin_jax import structured
 from signin_jax import transfer
 
 PARALLELISM = ("jit", "pmap")
@@ -126,6 +128,7 @@ def validate_config(config) -> None:
   _boolean(config, "mask.sparsity_aware_init")
 
   _validate_schedule(config)
+  _validate_structure(config)
   _validate_init_from(config)
 
   for field in ("train_split", "eval_split"):
@@ -150,7 +153,7 @@ def validate_config(config) -> None:
 
 
 def _validate_schedule(config) -> None:
-  _one_of(config, "schedule.method", sparsity.SCHEDULES)
+  _one_of(config, "schedule.method", sparsity.SCHEDULES + straight_through.METHODS)
   method = config.schedule.method
   if method == "static":
     return
@@ -261,3 +264,36 @@ def validate_environment(config, *, device_count: int) -> None:
       _fail(field, _get(config, field),
             f"selects no examples of {config.dataset}'s split {split!r}; give a non-empty "
             "split such as 'train', 'train[:50000]' or 'test'")
+
+
+def _validate_structure(config) -> None:
+  """config.mask.structure and its fields (issue 21), and the schedules that can keep it."""
+  _one_of(config, "mask.structure", structured.STRUCTURES)
+  kind, method = config.mask.structure, config.schedule.method
+  if method == "sr_ste":
+    _number(config, "schedule.sr_ste_lambda", low=0)
+  if kind == "unstructured":
+    return
+  if kind == "n:m":
+    n, m = _get(config, "mask.n"), _get(config, "mask.m")
+    if not (_is_int(n) and _is_int(m) and 0 < n < m):
+      _fail("mask.n", n, f"must be an integer with 0 < mask.n < mask.m (mask.m={m!r})")
+    if abs(config.sparsity - (1 - n / m)) > 1e-9:
+      _fail("sparsity", config.sparsity, f"must be 1 - mask.n / mask.m = {1 - n / m!r} with "
+            f"mask.structure='n:m' ({n}:{m} fixes the density)")
+  if kind == "block":
+    shape = _get(config, "mask.block_shape")
+    if not (isinstance(shape, (tuple, list)) and len(shape) == 2
+            and all(_is_int(b) and b >= 1 for b in shape)):
+      _fail("mask.block_shape", shape, "must be (rows, cols), two positive integers")
+  if config.mask.scope != "layer":
+    _fail("mask.scope", config.mask.scope,
+          f"must be 'layer' with mask.structure={kind!r} (per-layer counts of units)")
+  if method == "gmp":
+    _fail("schedule.method", method, f"is not available with mask.structure={kind!r}; "
+          "allowed: 'static', 'acdc', 'rigl', 'set', 'ste', 'sr_ste'")
+  if config.sparsity == 0.0:
+    _fail("mask.structure", kind, "needs config.sparsity > 0")
+  if _get(config, "init_from.workdir"):
+    _fail("mask.structure", kind, "does not combine with config.init_from (a transferred "
+          "mask's structure is not checked); use 'unstructured'")

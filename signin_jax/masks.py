@@ -640,7 +640,8 @@ def _positions(positions, params, paths, treedef) -> list:
   return _broadcast(positions, params, treedef, "positions")
 
 
-def summary(params, masks, positions=None, where=None) -> List[Dict[str, Any]]:
+def summary(params, masks, positions=None, where=None,
+            structures: Optional[Dict[str, str]] = None) -> List[Dict[str, Any]]:
   """One row per prunable leaf, then a 'total' row.
 
   Each row has path, shape, size, nnz (the mask's True count), density (nnz / size),
@@ -648,7 +649,8 @@ def summary(params, masks, positions=None, where=None) -> List[Dict[str, Any]]:
   flops_share = sparse_flops / (dense FLOPs of all prunable leaves). ``positions_l`` is the
   number of output positions a kernel is applied at (H_out * W_out for a conv, 1 for a dense
   layer, the default): a dict ``{path: positions}`` (paths as :func:`path_str`, e.g. from
-  ``models.output_positions``) or a pytree (prefix) like params.
+  ``models.output_positions``) or a pytree (prefix) like params. ``structures`` (``{path:
+  label}``, ``structured.describe``) adds a 'structure' column.
   """
   with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
   paths = [path_str(p) for p, _ in with_path]
@@ -666,6 +668,8 @@ def summary(params, masks, positions=None, where=None) -> List[Dict[str, Any]]:
     rows.append({"path": path, "shape": tuple(jnp.shape(p)), "size": size, "nnz": nnz,
                  "density": nnz / size, "dense_flops": 2 * size * int(n_pos),
                  "sparse_flops": 2 * nnz * int(n_pos)})
+    if structures is not None:
+      rows[-1]["structure"] = structures.get(path, "")
   dense_total = sum(r["dense_flops"] for r in rows)
   for r in rows:
     r["flops_share"] = r["sparse_flops"] / dense_total
@@ -682,10 +686,12 @@ def format_summary(rows: List[Dict[str, Any]]) -> str:
   """A fixed-width text table of :func:`summary` rows."""
   width = max([len(r["path"]) for r in rows] + [5])
   head = (f"{'layer':<{width}}  {'shape':>18}  {'size':>11}  {'nnz':>11}  {'density':>8}  "
-          f"{'sparse FLOPs':>15}  {'FLOPs share':>11}")
+          f"{'sparse FLOPs':>15}  {'FLOPs share':>11}"
+          + ("  structure" if any("structure" in r for r in rows) else ""))
   lines = [head, "-" * len(head)]
   for r in rows:
     shape = "x".join(map(str, r["shape"]))
     lines.append(f"{r['path']:<{width}}  {shape:>18}  {r['size']:>11,}  {r['nnz']:>11,}  "
-                 f"{r['density']:>8.4f}  {r['sparse_flops']:>15,}  {r['flops_share']:>11.4f}")
+                 f"{r['density']:>8.4f}  {r['sparse_flops']:>15,}  {r['flops_share']:>11.4f}"
+                 + (f"  {r['structure']}" if "structure" in r else ""))
   return "\n".join(lines)

@@ -330,7 +330,10 @@ def requirements(s: Structure, params, counts: Optional[Sequence] = None, *, whe
 
   def make(lp, count):
     def requirement(mask):
-      mask = np.asarray(mask, bool)
+      with jax.ensure_compile_time_eval():  # Concrete numbers, also while init is traced.
+        return check(np.asarray(mask, bool))
+
+    def check(mask):
       if lp.role in ("fixed", "dense"):
         if not mask.all():
           return (f"prunes {mask.size - np.count_nonzero(mask):,} entries of a leaf the "
