@@ -275,11 +275,19 @@ def unit_counts(s: Structure, params, sparsity: float, distribution: str = "erk"
   paths = [masks_lib.path_str(p) for p, _ in with_path]
   kept_dense = {paths[i] for i, lp in enumerate(plans) if lp.role == "dense"}
   units = [_unit_total(s, lp) for lp in plans if lp.role != "fixed"]
-  counts, _ = masks_lib.layer_counts(
+  try:
+    counts, _ = masks_lib.layer_counts(
       params, sparsity, distribution,
       where=treedef.unflatten([lp.role != "fixed" for lp in plans]),
       dense=(lambda path, x: masks_lib.path_str(path) in kept_dense) if kept_dense else (),
       overrides=overrides, erk_power_scale=erk_power_scale, units=units)
+  except ValueError as e:
+    if not kept_dense:
+      raise
+    raise ValueError(f"structure {s.kind!r}: sparsity={sparsity} is infeasible, counted in "
+                     f"units: the layers kept dense ({sorted(kept_dense)}) hold "
+                     f"{sum(u for u, lp in zip(units, [q for q in plans if q.role != 'fixed']) if lp.role == 'dense')} "
+                     f"of the {sum(units)} units ({e})") from None
   it = iter(counts)
   return [math.prod(lp.shape) if lp.role == "fixed" else next(it) for lp in plans]
 
@@ -304,13 +312,16 @@ def structured_masks(scores, s: Structure, counts: Sequence, *, where=None,
 
 def kept_units(s: Structure, params, masks, *, where=None, dense=()) -> list:
   """Per leaf: how many units a (structured) mask keeps: channels / tiles with any kept entry,
-  kept entries for 'unstructured' and dense leaves; None for N:M and unprunable leaves."""
+  kept entries for 'unstructured'; all its units for a dense leaf; None for N:M and
+  unprunable leaves."""
   plans = plan(s, params, where=where, dense=dense)
   out = []
   for lp, m in zip(plans, jax.tree.leaves(masks)):
     m = jnp.broadcast_to(jnp.asarray(m).astype(bool), lp.shape)
     if lp.role in ("nm", "fixed"):
       out.append(None)
+    elif lp.role == "dense":
+      out.append(_unit_total(s, lp))
     elif lp.role in ("channel", "block"):
       out.append(jnp.sum(unit_scores(lp, s, m) > 0))
     else:
