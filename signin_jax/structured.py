@@ -513,6 +513,7 @@ def create_schedule(method: str, params, s: Structure, *, sparsity: float, num_s
         out.append(_grow_units(lp, s, m, p, grow, n_drop, c))
     return treedef.unflatten(out)
 
-  table = np.asarray([units] * len(base.update_steps)).reshape(len(base.update_steps), -1)
+  table = np.asarray([units] * len(base.update_steps), np.int64).reshape(
+      len(base.update_steps), len(units))
   return sparsity_lib.MaskSchedule(method, base.update_steps, grow_masks, table,
                                    requirements(s, params, counts, where=where, dense=dense))
