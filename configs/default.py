@@ -57,6 +57,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.mask.scope = "layer"
   config.mask.dense_layers = ()  # Regexes of parameter paths kept dense.
   config.mask.sparsity_aware_init = False  # Rescale the init to the kept fan-in.
+  # The mask's structure (signin_jax/structured.py): 'unstructured' (any entries), 'n:m' (n of
+  # every m consecutive entries along the contraction axis, axis -2 of Dense [in, out] and HWIO
+  # kernels; config.sparsity must be 1 - n/m; layers whose contraction size is not a multiple of
+  # m are kept dense), 'channel' (whole output channels, budget in channels; the classifier is
+  # never pruned) or 'block' (tiles of block_shape = (rows, cols) over the [fan_in, out] view).
+  config.mask.structure = "unstructured"
+  config.mask.n = 2  # n:m
+  config.mask.m = 4  # n:m
+  config.mask.block_shape = (4, 4)  # block: (rows over fan_in, columns over outputs).
 
   # How the mask changes during training (signin_jax.sparsity). Times are fractions of the run
   # (of num_train_steps updates), so a schedule is complete for any run length.
@@ -73,6 +82,12 @@ def get_config() -> ml_collections.ConfigDict:
   #           from `start` to `end`, each layer drops drop_fraction (cosine-annealed) of its
   #           weights with the smallest |theta| and grows as many with the largest dense |grad|.
   #   'set':  SET (Mocanu et al. 2018): as 'rigl', growing at random.
+  #   'ste', 'sr_ste': straight-through training (signin_jax/straight_through.py): the dense
+  #           weights live in the optimizer state, the gradient at the masked parameters
+  #           updates them (SR-STE, Zhou et al. 2021: plus sr_ste_lambda * (1 - mask) * w), and
+  #           the mask is recomputed from them every step in config.mask.structure.
+  # With a structure other than 'unstructured', 'gmp' is refused and the other methods keep the
+  # structure (README, "Structured sparsity").
   # Dropped and grown weights restart from 0 with zeroed optimizer state (Sign-In: m =
   # sqrt(beta)); config.signin.enabled combines with every method.
   config.schedule = ml_collections.ConfigDict()
@@ -88,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule.warmup = 0.1
   config.schedule.phase = 0.05
   config.schedule.final = 0.1
+  config.schedule.sr_ste_lambda = 2e-4  # sr_ste: the decay of the pruned weights (Zhou et al.).
 
   # Start from another run's artifacts (signin_jax/transfer.py): its mask at the end of epoch
   # mask_epoch (-1: its final mask) and, per kept weight, theta = sign * magnitude with signs

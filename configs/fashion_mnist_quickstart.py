@@ -18,6 +18,13 @@ shared with other jobs (wall times are upper bounds): test accuracy, measured sp
 in every run:
   rigl 90.12 / 90.00 %, acdc 88.94 / 88.66 %, gmp 89.56 / 88.95 %, set 90.45 / 90.57 %;
   2 to 4 min each. One seed, no tuning: not evidence for or against Sign-In (docs/results.md).
+
+2:4 structured sparsity (N:M along the input channels; the 1-channel stem conv is kept dense)
+trained straight-through with SR-STE (README, "Structured sparsity"; not run to the end here):
+
+    python main.py --config=configs/fashion_mnist_quickstart.py --workdir=workdirs/quickstart_2to4 \
+      --config.mask.structure=n:m --config.mask.n=2 --config.mask.m=4 --config.sparsity=0.5 \
+      --config.mask.method=magnitude --config.schedule.method=sr_ste
 """
 
 from configs import default

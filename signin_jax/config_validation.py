@@ -17,6 +17,8 @@ from signin_jax import masks as masks_lib
 from signin_jax import models
 from signin_jax import signin
 from signin_jax import sparsity
+from signin_jax import straight_through
+from signin_jax import structured
 from signin_jax import train_steps
 from signin_jax import transfer
 
@@ -130,6 +132,7 @@ def validate_config(config) -> None:
   _boolean(config, "mask.sparsity_aware_init")
 
   _validate_schedule(config)
+  _validate_structure(config)
   _validate_init_from(config)
 
   for field in ("train_split", "eval_split"):
@@ -154,7 +157,7 @@ def validate_config(config) -> None:
 
 
 def _validate_schedule(config) -> None:
-  _one_of(config, "schedule.method", sparsity.SCHEDULES)
+  _one_of(config, "schedule.method", sparsity.SCHEDULES + straight_through.METHODS)
   method = config.schedule.method
   if method == "static":
     return
@@ -280,7 +283,8 @@ def validate_run(config, *, steps_per_epoch: int, num_steps: int,
   for those schedules. Messages name the config's fields, and the steps they resolve to.
   """
   _validate_export_epochs(config, steps_per_epoch, num_steps)
-  if config.schedule.method == "static" or config.sparsity == 0.0:
+  if (config.schedule.method in ("static",) + straight_through.METHODS
+      or config.sparsity == 0.0):  # The straight-through methods change the mask every step.
     return
   _validate_schedule_acts(config, num_steps, param_shapes)
 
@@ -372,3 +376,36 @@ def _validate_acdc_alternates(config, schedule, num_steps: int) -> None:
         f"{max(step(s.phase), 1)} steps long (config.schedule.phase={s.phase} of the run's "
         f"{num_steps} steps), fills the {between} steps between the dense warm-up and the "
         f"final sparse phase; set it to at most {(between - 1) / num_steps:.4g}")
+
+
+def _validate_structure(config) -> None:
+  """config.mask.structure and its fields (issue 21), and the schedules that can keep it."""
+  _one_of(config, "mask.structure", structured.STRUCTURES)
+  kind, method = config.mask.structure, config.schedule.method
+  if method == "sr_ste":
+    _number(config, "schedule.sr_ste_lambda", low=0)
+  if kind == "unstructured":
+    return
+  if kind == "n:m":
+    n, m = _get(config, "mask.n"), _get(config, "mask.m")
+    if not (_is_int(n) and _is_int(m) and 0 < n < m):
+      _fail("mask.n", n, f"must be an integer with 0 < mask.n < mask.m (mask.m={m!r})")
+    if abs(config.sparsity - (1 - n / m)) > 1e-9:
+      _fail("sparsity", config.sparsity, f"must be 1 - mask.n / mask.m = {1 - n / m!r} with "
+            f"mask.structure='n:m' ({n}:{m} fixes the density)")
+  if kind == "block":
+    shape = _get(config, "mask.block_shape")
+    if not (isinstance(shape, (tuple, list)) and len(shape) == 2
+            and all(_is_int(b) and b >= 1 for b in shape)):
+      _fail("mask.block_shape", shape, "must be (rows, cols), two positive integers")
+  if config.mask.scope != "layer":
+    _fail("mask.scope", config.mask.scope,
+          f"must be 'layer' with mask.structure={kind!r} (per-layer counts of units)")
+  if method == "gmp":
+    _fail("schedule.method", method, f"is not available with mask.structure={kind!r}; "
+          "allowed: 'static', 'acdc', 'rigl', 'set', 'ste', 'sr_ste'")
+  if config.sparsity == 0.0:
+    _fail("mask.structure", kind, "needs config.sparsity > 0")
+  if _get(config, "init_from.workdir"):
+    _fail("mask.structure", kind, "does not combine with config.init_from (a transferred "
+          "mask's structure is not checked); use 'unstructured'")

@@ -168,22 +168,27 @@ def layer_densities(params, sparsity: float, distribution: str = "erk", *, where
 
 def layer_counts(params, sparsity: float, distribution: str = "erk", *, where=None,
                  dense: LayerSelector = (), overrides: Optional[Dict[str, float]] = None,
-                 erk_power_scale: float = 1.0) -> Tuple[List[int], List[float]]:
+                 erk_power_scale: float = 1.0,
+                 units: Optional[Sequence[int]] = None) -> Tuple[List[int], List[float]]:
   """:func:`layer_densities`' budget as counts, per prunable leaf in tree order.
 
   Returns:
     ``(counts, quotas)``: the integer kept counts ``nnz_l`` (``round(density_l * n_l)``, what
     :func:`masks_from_scores` keeps; they add up to ``K`` exactly) and the real counts before
     rounding (``eps * raw_l * n_l``; ``nnz_l`` itself for the dense, overridden and saturated
-    layers). Same arguments and errors as :func:`layer_densities`.
+    layers). Same arguments and errors as :func:`layer_densities`. ``units`` (one int per
+    prunable leaf, tree order) counts each layer in units instead of weights (channels or
+    tiles, :mod:`signin_jax.structured`): the same eps solve with ``n_l`` = the units, the
+    raw scores still from the leaves' shapes.
   """
   _, flags, _, nnz, quotas = _budget(params, sparsity, distribution, where, dense, overrides,
-                                     erk_power_scale)
+                                     erk_power_scale, units)
   prunable_leaves = [i for i, f in enumerate(flags) if f]
   return [nnz[i] for i in prunable_leaves], [quotas[i] for i in prunable_leaves]
 
 
-def _budget(params, sparsity, distribution, where, dense, overrides, erk_power_scale):
+def _budget(params, sparsity, distribution, where, dense, overrides, erk_power_scale,
+            units=None):
   """(treedef, flags, sizes, nnz, quotas) of :func:`layer_densities`: sizes, nnz and quotas
   are dicts over the prunable leaves' indices."""
   _check_sparsity(sparsity)
@@ -196,6 +201,8 @@ def _budget(params, sparsity, distribution, where, dense, overrides, erk_power_s
   flags = _flags(params, where)
   idx = [i for i, f in enumerate(flags) if f]
   sizes = {i: math.prod(jnp.shape(leaves[i])) for i in idx}
+  if units is not None:
+    sizes = dict(zip(idx, (int(u) for u in units)))
   target = round((1.0 - sparsity) * sum(sizes.values()))
 
   fixed = {}  # leaf -> (count, what fixed it)
@@ -460,7 +467,7 @@ def create_masks(key, params, sparsity: float, *, method: str = "random",
                  loss_fn: Optional[Callable] = None, apply_fn: Optional[Callable] = None,
                  batch=None, input_shape: Optional[Sequence[int]] = None,
                  synflow_iterations: int = 100, synflow_dtype=None,
-                 erk_power_scale: float = 1.0) -> PyTree:
+                 erk_power_scale: float = 1.0, structure=None) -> PyTree:
   """Masks for `params` at `sparsity`: a layer budget, then scores, then exact top-k.
 
   ``method``: 'random' (needs ``key``), 'magnitude', 'snip' and 'grasp' (need ``loss_fn`` and
@@ -469,6 +476,11 @@ def create_masks(key, params, sparsity: float, *, method: str = "random",
   ``erk_power_scale``; :func:`masks_from_scores` for ``scope``; the scorers for ``loss_fn``
   and ``apply_fn``. ``sparsity=0.0`` gives all-True masks without computing scores. All
   arguments are checked before any score is computed.
+
+  ``structure`` (None or 'unstructured': the above; 'n:m', 'channel', 'block' or a
+  ``structured.Structure``): masks of that structure from the same scores, see
+  :mod:`signin_jax.structured` (budgets in channels / tiles; N:M fixes the density, so
+  ``sparsity`` must be ``1 - n / m``; ``scope`` must be 'layer').
   """
   _check_choice("method", method, METHODS)
   _check_choice("scope", scope, SCOPES)
@@ -478,6 +490,10 @@ def create_masks(key, params, sparsity: float, *, method: str = "random",
     raise ValueError(f"method={method!r} needs loss_fn and batch.")
   if method == "synflow" and (apply_fn is None or input_shape is None):
     raise ValueError("method='synflow' needs apply_fn and input_shape.")
+  if structure is not None and structure != "unstructured":
+    return _create_structured(key, params, sparsity, method, distribution, scope, where, dense,
+                              overrides, loss_fn, apply_fn, batch, input_shape, synflow_dtype,
+                              erk_power_scale, structure)
   densities = layer_densities(params, sparsity, distribution, where=where, dense=dense,
                               overrides=overrides, erk_power_scale=erk_power_scale)
   if all(d == 1.0 for d in jax.tree.leaves(densities)):
@@ -495,6 +511,38 @@ def create_masks(key, params, sparsity: float, *, method: str = "random",
                             iterations=synflow_iterations, scope=scope, where=where,
                             dtype=synflow_dtype)
   return masks_from_scores(scores, densities, scope=scope, where=where)
+
+
+def _create_structured(key, params, sparsity, method, distribution, scope, where, dense,
+                       overrides, loss_fn, apply_fn, batch, input_shape, synflow_dtype,
+                       erk_power_scale, structure):
+  """create_masks with a structure: scores as above, then :mod:`signin_jax.structured`."""
+  from signin_jax import structured  # pylint: disable=import-outside-toplevel (it imports us)
+  s = structured.as_structure(structure)
+  if s.kind == "unstructured":
+    return create_masks(key, params, sparsity, method=method, distribution=distribution,
+                        scope=scope, where=where, dense=dense, overrides=overrides,
+                        loss_fn=loss_fn, apply_fn=apply_fn, batch=batch,
+                        input_shape=input_shape, synflow_dtype=synflow_dtype,
+                        erk_power_scale=erk_power_scale)
+  if scope != "layer":
+    raise ValueError(f"structure {s.kind!r} needs scope='layer' (per-layer counts of "
+                     f"units), got scope={scope!r}.")
+  _check_sparsity(sparsity)
+  counts = structured.unit_counts(s, params, sparsity, distribution, where=where, dense=dense,
+                                  overrides=overrides, erk_power_scale=erk_power_scale)
+  if method == "random":
+    scores = random_scores(key, params)
+  elif method == "magnitude":
+    scores = magnitude_scores(params)
+  elif method == "snip":
+    scores = snip_scores(loss_fn, params, batch)
+  elif method == "grasp":
+    scores = grasp_scores(loss_fn, params, batch, where=where)
+  else:  # One round at the dense network: its iterative rounds prune single weights.
+    scores = synflow_scores(apply_fn, params, input_shape, 1.0, iterations=1, where=where,
+                            dtype=synflow_dtype)
+  return structured.structured_masks(scores, s, counts, where=where, dense=dense)
 
 
 # --- training under a static mask ------------------------------------------------------------
@@ -592,7 +640,8 @@ def _positions(positions, params, paths, treedef) -> list:
   return _broadcast(positions, params, treedef, "positions")
 
 
-def summary(params, masks, positions=None, where=None) -> List[Dict[str, Any]]:
+def summary(params, masks, positions=None, where=None,
+            structures: Optional[Dict[str, str]] = None) -> List[Dict[str, Any]]:
   """One row per prunable leaf, then a 'total' row.
 
   Each row has path, shape, size, nnz (the mask's True count), density (nnz / size),
@@ -600,7 +649,8 @@ def summary(params, masks, positions=None, where=None) -> List[Dict[str, Any]]:
   flops_share = sparse_flops / (dense FLOPs of all prunable leaves). ``positions_l`` is the
   number of output positions a kernel is applied at (H_out * W_out for a conv, 1 for a dense
   layer, the default): a dict ``{path: positions}`` (paths as :func:`path_str`, e.g. from
-  ``models.output_positions``) or a pytree (prefix) like params.
+  ``models.output_positions``) or a pytree (prefix) like params. ``structures`` (``{path:
+  label}``, ``structured.describe``) adds a 'structure' column.
   """
   with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
   paths = [path_str(p) for p, _ in with_path]
@@ -618,6 +668,8 @@ def summary(params, masks, positions=None, where=None) -> List[Dict[str, Any]]:
     rows.append({"path": path, "shape": tuple(jnp.shape(p)), "size": size, "nnz": nnz,
                  "density": nnz / size, "dense_flops": 2 * size * int(n_pos),
                  "sparse_flops": 2 * nnz * int(n_pos)})
+    if structures is not None:
+      rows[-1]["structure"] = structures.get(path, "")
   dense_total = sum(r["dense_flops"] for r in rows)
   for r in rows:
     r["flops_share"] = r["sparse_flops"] / dense_total
@@ -634,10 +686,12 @@ def format_summary(rows: List[Dict[str, Any]]) -> str:
   """A fixed-width text table of :func:`summary` rows."""
   width = max([len(r["path"]) for r in rows] + [5])
   head = (f"{'layer':<{width}}  {'shape':>18}  {'size':>11}  {'nnz':>11}  {'density':>8}  "
-          f"{'sparse FLOPs':>15}  {'FLOPs share':>11}")
+          f"{'sparse FLOPs':>15}  {'FLOPs share':>11}"
+          + ("  structure" if any("structure" in r for r in rows) else ""))
   lines = [head, "-" * len(head)]
   for r in rows:
     shape = "x".join(map(str, r["shape"]))
     lines.append(f"{r['path']:<{width}}  {shape:>18}  {r['size']:>11,}  {r['nnz']:>11,}  "
-                 f"{r['density']:>8.4f}  {r['sparse_flops']:>15,}  {r['flops_share']:>11.4f}")
+                 f"{r['density']:>8.4f}  {r['sparse_flops']:>15,}  {r['flops_share']:>11.4f}"
+                 + (f"  {r['structure']}" if "structure" in r else ""))
   return "\n".join(lines)

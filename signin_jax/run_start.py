@@ -72,6 +72,8 @@ def create_masks(config, key, params, *, apply_fn, batch_stats, input_shape,
       masks_lib.create_masks, sparsity=config.sparsity, method=config.mask.method,
       distribution=config.mask.distribution, scope=config.mask.scope,
       dense=tuple(config.mask.dense_layers))
+  if train_steps.mask_structure(config).kind != "unstructured":
+    build = functools.partial(build, structure=train_steps.mask_structure(config))
   if config.mask.method == "synflow":  # Checks its rounds' values on the host: not jittable.
     masks = build(key, params, **kwargs)
   else:  # One compilation instead of a few per layer when run op by op.

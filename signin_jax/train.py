@@ -66,6 +66,7 @@ from signin_jax import run_start
 from signin_jax import signin
 from signin_jax import sparse_export
 from signin_jax import sparsity as sparsity_lib
+from signin_jax import structured
 from signin_jax import train_steps
 from signin_jax import transfer
 from signin_jax import workdir_lock
@@ -267,6 +268,14 @@ def _current_masks(parallelism: parallel.Parallelism, state: train_steps.TrainSt
   return {} if masks is None else _tracked(metrics.by_layer(parallelism.local(masks)), tracked)
 
 
+def _structures(config, params):
+  """The density table's structure column (issue 21), None for unstructured masks."""
+  structure = train_steps.mask_structure(config)
+  if structure.kind == "unstructured":
+    return None
+  return structured.describe(structure, params, dense=tuple(config.mask.dense_layers))
+
+
 def _log_start(config, run: run_start.RunStart, writer, *, start_step: int) -> None:
   if jax.process_index() != 0:
     return
@@ -276,8 +285,9 @@ def _log_start(config, run: run_start.RunStart, writer, *, start_step: int) -> N
     logging.info("Per-layer density%s:\n%s",
                  "" if config.schedule.method == "static" else " at the start (the schedule "
                  f"{config.schedule.method!r} changes it)",
-                 masks_lib.format_summary(masks_lib.summary(params, run.masks,
-                                                            positions=positions)))
+                 masks_lib.format_summary(masks_lib.summary(
+                     params, run.masks, positions=positions,
+                     structures=_structures(config, params))))
   logging.info("Training %s on %s for %d steps (%d per epoch, global batch %d) on %d %s "
                "device(s), %d process(es), parallelism=%s, dtype=%s, mask schedule %s; %d "
                "parameters.", config.model, config.dataset, run.num_steps, run.steps_per_epoch,

@@ -23,6 +23,8 @@ import optax
 
 from signin_jax import signin
 from signin_jax import sparsity as sparsity_lib
+from signin_jax import straight_through
+from signin_jax import structured
 
 
 # Optimizer.
@@ -88,12 +90,31 @@ def create_optimizer(config, *, steps_per_epoch: int, num_steps: int, masks=None
   method = config.schedule.method
   if method != "static" and params is None:
     raise ValueError(f"create_optimizer: config.schedule.method={method!r} needs `params`.")
+  structure = mask_structure(config)
+  dense = tuple(config.mask.dense_layers)
+  if method in straight_through.METHODS:
+    return straight_through.straight_through(
+        tx, structured.magnitude_mask_fn(structure, params, masks, dense=dense), masks,
+        sr_ste_lambda=config.schedule.sr_ste_lambda if method == "sr_ste" else 0.0,
+        check_masks=(structured.check_structure_fn(structure, params, dense=dense)
+                     if check_masks else None))
   return sparsity_lib.sparse_training(tx, mask_schedule(config, params, num_steps=num_steps),
                                       masks, key=key, check_masks=check_masks)
 
 
 def mask_schedule(config, params, *, num_steps: int) -> sparsity_lib.MaskSchedule:
-  """``config.schedule`` resolved for a run of ``num_steps`` (``params``: arrays or shapes)."""
+  """``config.schedule`` resolved for a run of ``num_steps`` (``params``: arrays or shapes), in
+  ``config.mask``'s structure; not for the straight-through methods, which have no schedule."""
+  structure = mask_structure(config)
+  if structure.kind != "unstructured":
+    return structured.create_schedule(
+        config.schedule.method, params, structure, sparsity=config.sparsity,
+        num_steps=num_steps, update_every=config.schedule.update_every_steps,
+        start=config.schedule.start, end=config.schedule.end,
+        drop_fraction=config.schedule.drop_fraction,
+        drop_fraction_anneal=config.schedule.drop_fraction_anneal,
+        warmup=config.schedule.warmup, phase=config.schedule.phase, final=config.schedule.final,
+        distribution=config.mask.distribution, dense=tuple(config.mask.dense_layers))
   return sparsity_lib.create_schedule(
       config.schedule.method, params, sparsity=config.sparsity, num_steps=num_steps,
       update_every=config.schedule.update_every_steps, start=config.schedule.start,
@@ -103,6 +124,13 @@ def mask_schedule(config, params, *, num_steps: int) -> sparsity_lib.MaskSchedul
       warmup=config.schedule.warmup, phase=config.schedule.phase, final=config.schedule.final,
       distribution=config.mask.distribution, scope=config.mask.scope,
       dense=tuple(config.mask.dense_layers))
+
+
+def mask_structure(config) -> structured.Structure:
+  """``config.mask``'s :class:`structured.Structure` ('unstructured' for configs without it)."""
+  mask = config.mask
+  return structured.structure(mask.get("structure", "unstructured"), n=mask.get("n", 2),
+                              m=mask.get("m", 4), block_shape=mask.get("block_shape", (4, 4)))
 
 
 def _beta_at_weight_scale(beta: float, path, theta) -> jax.Array:
