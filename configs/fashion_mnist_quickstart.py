@@ -6,11 +6,17 @@
 first use: from /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist) when present,
 else through TFDS's download.
 
-Measured with `bash launch/quickstart.sh` (install check + the command above; commit 0e00446,
-jax 0.10.2 on CPU) on this project's machine, 2 cores of an AMD EPYC, no GPU, otherwise idle,
-Fashion-MNIST already prepared: 1 min 43 s end to end (1 min 36 s in training and evaluation,
-2340 steps), test accuracy 90.09 %, measured sparsity of the prunable layers 90.00 %, 34.37 %
-of the kept weights with another sign than at initialization.
+Measured with the command above pinned to one core (`taskset -c 1 python main.py ...`; commit
+94b5929, jax 0.10.2 on CPU, with main.py's CPU settings, README: set-up) on this project's
+machine, a 2-core AMD EPYC, no GPU, 2026-12-07, shared with other jobs (load average 7-9 on its
+2 cores, so the times are upper bounds), Fashion-MNIST already prepared: 10 min 28 s end to end
+(9 min 51 s in training and evaluation, 2340 steps), test accuracy 90.13 %, measured sparsity
+of the prunable layers 90.00 %, 35.64 % of the kept weights with another sign than at
+initialization. The same run with the settings off (`SIGNIN_JAX_CPU_SETTINGS=0`, same commit,
+right after): test accuracy 90.23 % (the XLA flag changes float rounding), 21 min 45 s end to
+end under a heavier load (4.7 rising to 14), so its time says little. Earlier: 90.09 % and
+1 min 43 s end to end on both cores of the idle machine (`bash launch/quickstart.sh`, commit
+0e00446, before the CPU settings existed).
 
 Each mask schedule, with `--config.schedule.method=<method>` and Sign-In on (default) / off
 (`--config.signin.enabled=False`), one run each (seed 0), commit 73c691f, same machine but
