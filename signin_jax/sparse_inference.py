@@ -419,6 +419,7 @@ def _choose_end_to_end(build, plan, model, variables, input_shape, input_dtype, 
                        apply_kwargs):
   """Per batch size, the fastest whole-model variant (END_TO_END, module docstring)."""
   reference = jax.jit(lambda v, x: model.apply(v, x, **apply_kwargs))
+  variables = jax.device_put(variables)  # on the device once: not copied on every call
   for batch in plan["batch_sizes"]:
     key = str(batch)
     variants = {"per_layer": {n: e["products"][key] for n, e in plan["layers"].items()},
@@ -625,7 +626,7 @@ def main(argv=None) -> int:
   print(f"{config['model']} from {args.workdir}: {how} in {time.perf_counter() - start:.1f} s")
   print(format_plan(sparse.plan))
   reference = jax.jit(lambda v, x: model.apply(v, x, **apply_kwargs))
-  dense_variables = masked_variables(*sparse.source)
+  dense_variables = jax.device_put(masked_variables(*sparse.source))
   print("\nMeasured now (medians of alternated rounds, seconds per call of the whole model):")
   for batch in sizes:
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch,) + input_shape),
