@@ -26,11 +26,11 @@ to end at 95 %: >= 2.5x dense at batch 128; at 98 %: >= 4x at batch 128; at batc
 never slower than dense. The script prints each goal with its measured value. The machine
 is shared: ratios come from alternated rounds in one run; absolute times move with the load.
 
-Measured on 2026-12-07 (commits c24310c and 0d949f2, AMD EPYC, pinned to CPU 0 while other
-jobs loaded the machine, load average 7-9, so ``--clock=cpu --rounds=5``; outputs in
-benchmarks/results/): LeNet-300-100 at batch 128 6.38x / 8.48x dense at 95 / 98 % (ERK),
-6.61x / 9.35x (GMP masks); at batch 1 2.4-5.5x; every goal met. Quickstart CNN: 1.2-1.7x at
-batch 128, 1.6-2.1x at batch 1 (its convolutions dominate; README, Performance).
+Measured on 2026-12-07 (commit 3220755, AMD EPYC, pinned to CPU 0 while other jobs loaded the
+machine, load average 7-15, so ``--clock=cpu --rounds=5``; outputs in benchmarks/results/):
+LeNet-300-100 at batch 128 5.95x / 5.97x dense at 95 / 98 % (ERK), 5.65x / 7.72x (GMP masks);
+at batch 1 1.5-2.5x; every goal met. Quickstart CNN: 1.0-1.7x at batch 128, 1.0-1.65x at
+batch 1 (its convolutions dominate; README, Performance).
 """
 
 import argparse
