@@ -2,12 +2,7 @@
 and STE / SR-STE keeping the structure, with and without Sign-In; the trainer and the export.
 
 The invariants are checked in numpy, written here from the documentation (not the module)."""
-import functools
-import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import flax.linen as nn
 import jax
