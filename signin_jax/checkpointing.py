@@ -25,6 +25,7 @@ every backend, and because every weight ``2 i + 1`` is odd (invertible mod ``2**
 any single element always changes the checksum.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -173,8 +174,10 @@ def saved_metas(directory: str) -> Dict[int, Dict[str, Any]]:
     directory = os.path.abspath(directory)
   if not epath.Path(directory).is_dir():
     return {}
-  manager = ocp.CheckpointManager(directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(
-      read_only=True, create=False, cleanup_tmp_directories=False))
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                         cleanup_tmp_directories=False)
+  with _without_read_only_warning():
+    manager = ocp.CheckpointManager(directory, item_names=ITEMS, options=options)
   found = {}
   try:
     for step in manager.all_steps():
@@ -188,6 +191,21 @@ def saved_metas(directory: str) -> Dict[int, Dict[str, Any]]:
   finally:
     manager.close()
   return found
+
+
+@contextlib.contextmanager
+def _without_read_only_warning():
+  """Orbax warns 'Given directory is read only' for every read-only manager: that is intended."""
+
+  def keep(record) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+  absl_logger = logging.get_absl_logger()
+  absl_logger.addFilter(keep)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(keep)
 
 
 def _meta_digest(meta: Dict[str, Any]) -> str:

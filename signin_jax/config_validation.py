@@ -316,7 +316,11 @@ def _validate_schedule_acts(config, num_steps: int, param_shapes: Callable[[], A
             f"the dense warm-up ends at step {warmup} (config.schedule.warmup={s.warmup} "
             f"{of_run}), after the final sparse phase begins (its last {final} steps, "
             f"config.schedule.final={s.final}); lower one of the two")
-  schedule = train_steps.mask_schedule(config, param_shapes(), num_steps=num_steps)
+  try:
+    schedule = train_steps.mask_schedule(config, param_shapes(), num_steps=num_steps)
+  except ValueError as e:  # A case the checks above missed: still name the config's fields.
+    raise ValueError(f"config.schedule (method {method!r}) does not resolve to a schedule for "
+                     f"the run's {num_steps} steps: {e}") from e
   if method in ("gmp", "rigl", "set") and not schedule.update_steps:
     start, end = step(s.start), step(s.end)
     _fail("schedule.update_every_steps", s.update_every_steps,
