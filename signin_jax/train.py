@@ -54,6 +54,7 @@ import numpy as np
 
 from signin_jax import checkpointing
 from signin_jax import config_validation
+from signin_jax import flat_threefry
 from signin_jax import input_pipeline
 from signin_jax import masks as masks_lib
 from signin_jax import metrics
@@ -142,6 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   config_validation.validate_config(config)
   _quiet_library_info_logs()
   parallel.initialize_distributed(config)
+  flat_threefry.install()  # The same random numbers, compiled in seconds on a CPU.
   # init_from's source files are checked below, once it is known whether this run resumes.
   config_validation.validate_environment(config, device_count=jax.device_count(),
                                          init_from=False)

@@ -15,10 +15,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from signin_jax import flat_threefry
 from signin_jax import masks as masks_lib
 from signin_jax import signin
 from signin_jax import sparsity
 
+flat_threefry.install()  # As the trainer and tests/conftest.py do.
 STEPS, RESET_EVERY = 7, 3
 
 
