@@ -350,9 +350,13 @@ def _validate_drops(config, schedule, num_steps: int) -> None:
   if np.any(np.floor(dropped) >= 1):
     return
   largest = float(dropped.max()) if dropped.size else 0.0
+  kind = config.mask.get("structure", "unstructured")
+  units = {"unstructured": "weights", "n:m": "weights", "channel": "channels",
+           "block": "blocks"}.get(kind, "units")
   _fail("schedule.drop_fraction", s.drop_fraction,
-        f"with config.schedule.method={s.method!r} every update drops no weight: floor(f * k) "
-        f"= 0 for each layer's k kept weights (at most {int(counts.max())}) at each of the "
+        f"with config.schedule.method={s.method!r} every update drops no {units[:-1]}: "
+        f"floor(f * k) = 0 for each layer's k kept {units} (at most {int(counts.max())}, "
+        f"config.mask.structure={kind!r}) at each of the "
         f"{len(fractions)} updates, f being config.schedule.drop_fraction annealed by "
         f"config.schedule.drop_fraction_anneal={s.drop_fraction_anneal!r} (f <= "
         f"{float(fractions.max()):.4g}); raise it to at least "

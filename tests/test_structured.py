@@ -260,7 +260,10 @@ def test_every_schedule_keeps_the_structure_after_every_step(s, sparsity_, metho
     tx = straight_through.straight_through(
         _optimizer(signin_enabled), structured.magnitude_mask_fn(s, params, start), start,
         sr_ste_lambda=2e-4 if method == "sr_ste" else 0.0,
-        check_masks=structured.check_structure_fn(s, params))
+        # From the dense initialization: the magnitude rule then picks other units than the
+        # random start mask at once. (From the masked one, pruned channels start at 0.0 and 12
+        # steps of noise do not lift them past kept ones: the mask would never move.)
+        dense_params=params, check_masks=structured.check_structure_fn(s, params))
   else:
     schedule = structured.create_schedule(method, params, s, sparsity=sparsity_,
                                           num_steps=12, update_every=2, warmup=0.1,

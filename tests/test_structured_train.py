@@ -127,7 +127,10 @@ def test_two_four_sr_ste_on_8_devices_equals_one_device(tmp_path):
 @pytest.mark.parametrize("flags", [
     ["--config.mask.structure=n:m", "--config.sparsity=0.5", "--config.schedule.method=sr_ste"],
     ["--config.mask.structure=channel", "--config.sparsity=0.5",
-     "--config.schedule.method=rigl", "--config.schedule.update_every_steps=2"],
+     "--config.schedule.method=rigl", "--config.schedule.update_every_steps=2",
+     # One update in 4 steps drops floor(f * k) of k <= 10 kept channels: f must reach 0.1
+     # after the cosine anneal, or the run is refused as a schedule that never acts.
+     "--config.schedule.drop_fraction=0.5"],
 ])
 def test_main_runs_structured_configs(flags, tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
