@@ -83,7 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
   #           weights with the smallest |theta| and grows as many with the largest dense |grad|.
   #   'set':  SET (Mocanu et al. 2018): as 'rigl', growing at random.
   #   'ste', 'sr_ste': straight-through training (signin_jax/straight_through.py): the dense
-  #           weights live in the optimizer state, the gradient at the masked parameters
+  #           weights live in the optimizer state (starting at the dense initialization, the
+  #           first step masked by config.mask), the gradient at the masked parameters
   #           updates them (SR-STE, Zhou et al. 2021: plus sr_ste_lambda * (1 - mask) * w), and
   #           the mask is recomputed from them every step in config.mask.structure.
   # With a structure other than 'unstructured', 'gmp' is refused and the other methods keep the
