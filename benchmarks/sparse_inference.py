@@ -157,7 +157,7 @@ def run_one(name, source, sparsity, args):
   sparse = si.convert(model, variables, masks, input_shape=INPUT_SHAPE, batch_sizes=batches,
                       apply_kwargs={"train": False}, measure=measure(args))
   with tempfile.TemporaryDirectory() as tmp:
-    stats = si.save(os.path.join(tmp, "model.sx"), sparse)
+    stats = si.save(os.path.join(tmp, "model.sjx"), sparse)
   # On the device once, as the sparse model's arrays are: host arrays would be copied per call.
   dense_variables = jax.device_put(si.masked_variables(*sparse.source))
   reference = jax.jit(lambda v, x: model.apply(v, x, train=False))

@@ -508,7 +508,7 @@ def from_plan(model, variables, masks, plan, *, input_shape, apply_kwargs=None,
 # --------------------------------------------------------------------------------------------
 # The export (sparse_export) with the plan, and the command line.
 
-EXPORT_FILE = "final_export.sx"  # beside final_weights.npz
+EXPORT_FILE = "final_inference.sjx"  # beside final_weights.sjx: the same export, plus the plan
 PLAN_KEY = "sparse_inference_plan"
 
 

@@ -151,5 +151,5 @@ def test_readme_sparse_inference_snippet_runs(tmp_path, monkeypatch):
   got = np.asarray(scope["logits"])
   assert np.all(np.abs(got - expected) <= 1e-5 * np.maximum(1.0, np.abs(expected)))
   np.testing.assert_array_equal(np.asarray(scope["sparse"](images)), got)
-  assert os.path.exists(tmp_path / "lenet_95.sx")
+  assert os.path.exists(tmp_path / "lenet_95.sjx")
   assert set(scope["sparse"].plan["layers"]) == {"dense1", "dense2", "classifier"}

@@ -253,7 +253,7 @@ def test_export_round_trip_keeps_plan_and_logits(tmp_path):
   model, variables, masks = _convnet()
   sparse = si.convert(model, variables, masks, input_shape=(8, 8, 2), batch_sizes=(1, 3),
                       measure=forcing(rotating))
-  path = os.path.join(tmp_path, "model.sx")
+  path = os.path.join(tmp_path, "model.sjx")
   si.save(path, sparse, metadata={"model": "ConvNet"})
   loaded = si.load(path, model, input_shape=(8, 8, 2))
   assert loaded.plan["layers"] == sparse.plan["layers"]
