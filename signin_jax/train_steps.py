@@ -98,7 +98,8 @@ def create_optimizer(config, *, steps_per_epoch: int, num_steps: int, masks=None
         sr_ste_lambda=config.schedule.sr_ste_lambda if method == "sr_ste" else 0.0,
         # The dense weights start at the dense initialization, as in SR-STE's reference code:
         # pruned weights keep their initial values and can win back their place.
-        dense_params=params, check_masks=(structured.check_structure_fn(structure, params, dense=dense)
+        dense_params=params,
+        check_masks=(structured.check_structure_fn(structure, params, dense=dense)
                      if check_masks else None))
   return sparsity_lib.sparse_training(tx, mask_schedule(config, params, num_steps=num_steps),
                                       masks, key=key, check_masks=check_masks)
