@@ -30,8 +30,8 @@ to every cell of part 2. Draws, in ``--out``:
   included), so the decay between resets and the jump back at each reset show. The trainer logs
   beta every ``log_every_steps`` steps and, at each epoch end, the value before that epoch's
   re-split.
-* ``method_pairs.png``: Sign-In with dense-to-sparse training. One panel per sparsity of the
-  'main' cells; in each, per base method (the method label without " + Sign-In", in the order
+* ``method_pairs.png``: each method without and with Sign-In (part 2's dense-to-sparse
+  methods, part 4's N:M masks). One panel per target sparsity of the 'main' cells; in each, per base method (the method label without " + Sign-In", in the order
   first seen) two bars, without and with Sign-In (a method with one of the two draws one):
   test accuracy, mean over seeds with sample-std error bars and each seed's value as a dot;
   the dense cells (sparsity 0) as a dashed line. Each panel's y axis is zoomed to its data.
@@ -350,7 +350,7 @@ def method_pairs_figure(records):
     return None
   bars = [b for rows in panels.values() for row in rows for b in row[1:] if b] + dense
   n_usual = _usual_n(bars)
-  _print_bars("Sign-In with dense-to-sparse training", bars)
+  _print_bars("Each method without and with Sign-In", bars)
   width = max(len(rows) for rows in panels.values())
   fig, axes = plt.subplots(1, len(panels), figsize=(0.9 * width * len(panels) + 1.5, 4.2),
                            layout="constrained", squeeze=False)
@@ -365,10 +365,10 @@ def method_pairs_figure(records):
                  label=b.label + (f" (n={b.n})" if b.n != n_usual else ""))
     _zoom_y(ax, [b for row in rows for b in row[1:] if b], [b.mean for b in dense])
     ax.set_xticks(range(len(rows)), [row[0] for row in rows], rotation=30, fontsize=8)
-    ax.set_title(f"{100 * sparsity:g} % sparsity", fontsize=10)
+    ax.set_title(f"{100 * sparsity:g} % target sparsity", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
   axes[0][0].set_ylabel("test accuracy (%)")
-  fig.suptitle("Sign-In with dense-to-sparse training (mean ± std over seeds; dots: seeds)",
+  fig.suptitle("Each method without and with Sign-In (mean ± std over seeds; dots: seeds)",
                fontsize=11)
   _figure_legend(fig, axes[0], ncol=3)
   return fig
