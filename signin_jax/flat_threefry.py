@@ -1,10 +1,11 @@
 """Random bits drawn over the flat shape and reshaped: the same bits, compiled in seconds.
 
-jaxlib 0.10.2's CPU compiler takes minutes over JAX's default (partitionable) Threefry-2x32 on
-arrays of two or more dimensions: on this project's 2-core AMD EPYC, compiling
-``jax.random.normal(key, (3, 3, 8, 12))`` took 56-68 s, the same 864 numbers drawn as shape
-``(864,)`` about 1 s (the first call in a fresh process, each way, 2026-12-08); a ResNet's
-jitted ``init`` took over 3 minutes, and the structured tests' 100-355 s each went there.
+jaxlib 0.10.2's CPU compiler is very slow over JAX's default (partitionable) Threefry-2x32 on
+arrays of two or more dimensions: on this project's 2-core AMD EPYC (2026-12-08, one core while
+the other trained), the first ``jax.random.normal(key, (3, 3, 8, 12))`` of a process took
+19.2 s, drawn flat 0.40 s (``benchmarks/threefry_compile.py``: medians of 2 alternated rounds;
+56-68 s on a core shared with the test suite); a ResNet's jitted ``init`` took over 3 minutes,
+and most of the structured tests' 100-355 s each went there.
 
 Partitionable Threefry numbers the elements of a draw by their row-major flat index (the
 counters of ``jax._src.random.prng.iota_2x32_shape``), so drawing ``math.prod(shape)`` bits
